@@ -1,0 +1,23 @@
+// Python bindings of lkconv._C: thin wrappers, all argument checks live next to each kernel family.
+#include <torch/extension.h>
+
+#include "cpu/plane_kernels_api.h"
+#include "depthwise.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "lkconv compiled kernels (CPU always, CUDA when built with nvcc)";
+  m.def("cpu_forward", &lkconv::cpu::forward, "depthwise forward, CPU", py::arg("input"), py::arg("weight"),
+        py::arg("bias"), py::arg("padding"), py::arg("channels_last"));
+  m.def("cpu_backward_input", &lkconv::cpu::backward_input, "depthwise backward-input, CPU", py::arg("grad_output"),
+        py::arg("weight"), py::arg("in_h"), py::arg("in_w"), py::arg("padding"), py::arg("channels_last"));
+  m.def("cpu_backward_weight", &lkconv::cpu::backward_weight, "depthwise backward-weight, CPU",
+        py::arg("grad_output"), py::arg("input"), py::arg("kh"), py::arg("kw"), py::arg("padding"));
+  m.def("cpu_isa", [] { return std::string(lkconv::cpu::plane_kernels().isa); },
+        "instruction set of the CPU kernels picked for this machine");
+#ifdef LKCONV_WITH_CUDA
+  m.attr("with_cuda") = true;
+  lkconv::cuda::bind(m);
+#else
+  m.attr("with_cuda") = false;
+#endif
+}

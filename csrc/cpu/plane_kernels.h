@@ -1,0 +1,229 @@
+// Vectorised single-plane cores of the CPU depthwise convolution.
+//
+// This header is included by one translation unit per instruction set (plane_kernels_*.cpp), each after a
+// `#pragma GCC target(...)` and with LKCONV_VEC_BYTES / LKCONV_ISA set, so the same source compiles to AVX-512,
+// AVX2 and baseline code and the fastest one is picked at run time (no -march=native: a wheel built on one
+// machine must not crash with an illegal instruction on another).
+//
+// The cores work on zero-padded, contiguous planes prepared by the caller (depthwise_cpu.cpp), so they have no
+// bounds checks and no layout logic. GCC vector extensions keep them readable and portable across ISAs.
+#ifndef LKCONV_VEC_BYTES
+#error "define LKCONV_VEC_BYTES before including plane_kernels.h"
+#endif
+
+namespace LKCONV_ISA {
+
+template <typename T>
+struct Vec {
+  static constexpr int kLanes = LKCONV_VEC_BYTES / static_cast<int>(sizeof(T));
+  typedef T type __attribute__((vector_size(LKCONV_VEC_BYTES)));
+};
+
+// Lane masks: integer vectors of the same width, for `mask ? a : b` selects.
+template <typename T>
+struct Mask {
+  typedef typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type lane_t;
+  typedef lane_t type __attribute__((vector_size(LKCONV_VEC_BYTES)));
+};
+
+template <typename V, typename T>
+static inline V loadu(const T* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));  // unaligned load, no aliasing trouble
+  return v;
+}
+
+template <typename V, typename T>
+static inline void storeu(T* p, const V& v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+
+// Register blocking. Accumulators must fit in the register file: 32 zmm with AVX-512, 16 ymm/xmm otherwise.
+#if LKCONV_VEC_BYTES >= 64
+constexpr int kMaxColVecs = 4;  // forward: R=4 rows x 4 vectors = 16 accumulators
+constexpr int kWgradRows = 4;   // weight gradient: 4 x 6 taps = 24 accumulators
+#else
+constexpr int kMaxColVecs = 2;
+constexpr int kWgradRows = 2;
+#endif
+constexpr int kWgradCols = 6;
+
+// One input row `srow` feeds output rows r of the block through filter row (t - r). `valid` says which of
+// the R rows have a filter row for this t; ALL skips the test in the steady state, where every row does.
+template <typename T, int R, int NV, bool ALL>
+static inline void fwd_row(const T* srow, const T* const* wrow, const bool* valid, int kw,
+                           typename Vec<T>::type (&acc)[R][NV]) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  for (int j = 0; j < kw; ++j) {
+    V x[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) x[v] = loadu<V>(srow + v * L + j);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      if (ALL || valid[r]) {
+        const T wv = wrow[r][j];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] += x[v] * wv;
+      }
+    }
+  }
+}
+
+// out[r][x] = sum_{i<kh, j<kw} w[i][j] * src[r + i][x + j] for r < R, x < NV * L.
+template <typename T, int R, int NV>
+static void fwd_block(const T* src, int64_t ss, const T* w, int kh, int kw, T* out, int64_t os) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+  const T* wrow[R];
+  bool valid[R];
+  for (int t = 0; t < R + kh - 1; ++t) {
+    bool all = true;
+    for (int r = 0; r < R; ++r) {
+      const int i = t - r;
+      valid[r] = i >= 0 && i < kh;
+      wrow[r] = w + (valid[r] ? i : 0) * kw;
+      all = all && valid[r];
+    }
+    // Partial rows skip the missing filter rows instead of multiplying by zero, so an Inf or NaN in the
+    // input cannot leak into outputs whose window does not contain it.
+    if (all)
+      fwd_row<T, R, NV, true>(src + t * ss, wrow, valid, kw, acc);
+    else
+      fwd_row<T, R, NV, false>(src + t * ss, wrow, valid, kw, acc);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) storeu(out + r * os + v * L, acc[r][v]);
+}
+
+template <typename T, int R>
+static void fwd_rows(const T* src, int64_t ss, const T* w, int kh, int kw, T* out, int64_t os, int ow) {
+  constexpr int L = Vec<T>::kLanes;
+  constexpr int W = kMaxColVecs * L;
+  int x0 = 0;
+  for (; x0 + W <= ow; x0 += W) fwd_block<T, R, kMaxColVecs>(src + x0, ss, w, kh, kw, out + x0, os);
+  const int rest = (ow - x0 + L - 1) / L;
+  switch (rest) {
+    case 0: break;
+    case 1: fwd_block<T, R, 1>(src + x0, ss, w, kh, kw, out + x0, os); break;
+#if LKCONV_VEC_BYTES >= 64
+    case 2: fwd_block<T, R, 2>(src + x0, ss, w, kh, kw, out + x0, os); break;
+    default: fwd_block<T, R, 3>(src + x0, ss, w, kh, kw, out + x0, os); break;
+#else
+    default: fwd_block<T, R, 2>(src + x0, ss, w, kh, kw, out + x0, os); break;
+#endif
+  }
+}
+
+// Valid correlation of one padded plane: out[y][x] = sum_{i,j} w[i][j] * src[y + i][x + j], y < oh, x < ow.
+// The caller provides src with at least round_up(oh, 4) + kh - 1 rows and round_up(ow, L) + kw - 1 columns,
+// and out with round_up(oh, 4) rows of round_up(ow, L) columns (the extra outputs are scratch).
+template <typename T>
+static void correlate_plane(const T* src, int64_t ss, const T* w, int kh, int kw, T* out, int64_t os, int oh,
+                            int ow) {
+  // Taller row blocks reuse each loaded input vector across more outputs; short filters would mostly run
+  // the partial-row path, so they get shorter blocks.
+  int y = 0;
+  if (kh >= 4)
+    for (; y + 4 <= oh; y += 4) fwd_rows<T, 4>(src + y * ss, ss, w, kh, kw, out + y * os, os, ow);
+  for (; y + 2 <= oh; y += 2) fwd_rows<T, 2>(src + y * ss, ss, w, kh, kw, out + y * os, os, ow);
+  for (; y < oh; ++y) fwd_rows<T, 1>(src + y * ss, ss, w, kh, kw, out + y * os, os, ow);
+}
+
+// Input row t meets gradient row y = t - ii for each filter row ii of the block: the J input vectors loaded
+// for (t, x) are reused by all I rows, so a block does I*J FMAs per I+J loads. `valid` marks the rows ii
+// whose y lies inside the gradient; ALL skips the test in the steady state.
+template <typename T, int I, int J, bool ALL, bool TAIL>
+static inline void wgrad_row(const T* srow, const T* const* grow, const bool* valid, int x,
+                             const typename Mask<T>::type& in_tail, typename Vec<T>::type (&acc)[I][J]) {
+  using V = typename Vec<T>::type;
+  V s[J];
+#pragma GCC unroll 8
+  for (int j = 0; j < J; ++j) s[j] = loadu<V>(srow + x + j);
+#pragma GCC unroll 4
+  for (int i = 0; i < I; ++i) {
+    if (ALL || valid[i]) {
+      const V gv = loadu<V>(grow[i] + x);
+#pragma GCC unroll 8
+      for (int j = 0; j < J; ++j) {
+        if (TAIL) {
+          // Lanes past the row end are masked rather than multiplied by a zero gradient, which would turn
+          // an Inf input beyond the window into NaN.
+          const V p = gv * s[j];
+          acc[i][j] += in_tail ? p : V{};
+        } else {
+          acc[i][j] += gv * s[j];
+        }
+      }
+    }
+  }
+}
+
+// acc[ii][jj] = sum_{y<oh, x<ow} g[y][x] * src[y + ii][x + jj]  for an I x J block of taps.
+template <typename T, int I, int J>
+static void wgrad_block(const T* src, int64_t ss, const T* g, int64_t gs, int oh, int ow, T* res, int64_t rs) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  V acc[I][J];
+  for (int i = 0; i < I; ++i)
+    for (int j = 0; j < J; ++j) acc[i][j] = V{};
+  const int full = ow / L;
+  const int tail = ow - full * L;
+  using M = typename Mask<T>::type;
+  M lane;
+  for (int l = 0; l < L; ++l) lane[l] = l;
+  const M in_tail = lane < static_cast<typename Mask<T>::lane_t>(tail);
+  const T* grow[I];
+  bool valid[I];
+  for (int t = 0; t < oh + I - 1; ++t) {
+    bool all = true;
+    for (int i = 0; i < I; ++i) {
+      const int y = t - i;
+      valid[i] = y >= 0 && y < oh;
+      grow[i] = g + (valid[i] ? y : 0) * gs;
+      all = all && valid[i];
+    }
+    const T* srow = src + t * ss;
+    if (all) {
+      for (int xv = 0; xv < full; ++xv) wgrad_row<T, I, J, true, false>(srow, grow, valid, xv * L, in_tail, acc);
+    } else {
+      for (int xv = 0; xv < full; ++xv) wgrad_row<T, I, J, false, false>(srow, grow, valid, xv * L, in_tail, acc);
+    }
+    if (tail) wgrad_row<T, I, J, false, true>(srow, grow, valid, full * L, in_tail, acc);
+  }
+  for (int i = 0; i < I; ++i)
+    for (int j = 0; j < J; ++j) {
+      T sum = 0;
+      for (int l = 0; l < L; ++l) sum += acc[i][j][l];  // fixed order: deterministic
+      res[i * rs + j] = sum;
+    }
+}
+
+// res[i][j] = sum_{y<oh, x<ow} g[y][x] * src[y + i][x + j] for i < kh, j < kw (res row stride rs).
+// g needs round_up(ow, L) readable columns per row; src needs oh + round_up(kh, 4) - 1 rows and
+// round_up(ow, L) + kw - 1 columns; res needs round_up(kh, 4) rows of kw columns.
+template <typename T>
+static void wgrad_plane(const T* src, int64_t ss, const T* g, int64_t gs, int oh, int ow, int kh, int kw, T* res,
+                        int64_t rs) {
+  constexpr int I = kWgradRows, J = kWgradCols;
+  for (int i0 = 0; i0 < kh; i0 += I) {
+    const T* s = src + i0 * ss;
+    T* r = res + i0 * rs;
+    int j0 = 0;
+    for (; j0 + J <= kw; j0 += J) wgrad_block<T, I, J>(s + j0, ss, g, gs, oh, ow, r + j0, rs);
+    // A narrower last block instead of wasted taps: small kernels would otherwise do up to 6x the work.
+    switch (kw - j0) {
+      case 0: break;
+      case 1: wgrad_block<T, I, 1>(s + j0, ss, g, gs, oh, ow, r + j0, rs); break;
+      case 2: wgrad_block<T, I, 2>(s + j0, ss, g, gs, oh, ow, r + j0, rs); break;
+      case 3: wgrad_block<T, I, 3>(s + j0, ss, g, gs, oh, ow, r + j0, rs); break;
+      case 4: wgrad_block<T, I, 4>(s + j0, ss, g, gs, oh, ow, r + j0, rs); break;
+      default: wgrad_block<T, I, 5>(s + j0, ss, g, gs, oh, ow, r + j0, rs); break;
+    }
+  }
+}
+
+}  // namespace LKCONV_ISA

@@ -1,0 +1,34 @@
+// Entry points of the vectorised plane cores (plane_kernels.h), one table per instruction set.
+#pragma once
+#include <cstdint>
+
+namespace lkconv {
+namespace cpu {
+
+template <typename T>
+using CorrelateFn = void (*)(const T* src, int64_t src_stride, const T* w, int kh, int kw, T* out,
+                             int64_t out_stride, int oh, int ow);
+template <typename T>
+using WgradFn = void (*)(const T* src, int64_t src_stride, const T* g, int64_t g_stride, int oh, int ow, int kh,
+                         int kw, T* res, int64_t res_stride);
+
+struct PlaneKernels {
+  const char* isa;
+  CorrelateFn<float> correlate_f32;
+  CorrelateFn<double> correlate_f64;
+  WgradFn<float> wgrad_f32;
+  WgradFn<double> wgrad_f64;
+};
+
+// The fastest table this CPU can run (chosen once, from cpuid).
+const PlaneKernels& plane_kernels();
+
+// Per-ISA tables; only call one after checking that the CPU supports it.
+PlaneKernels plane_kernels_generic();
+#if defined(__x86_64__) && defined(__GNUC__)
+PlaneKernels plane_kernels_avx2();
+PlaneKernels plane_kernels_avx512();
+#endif
+
+}  // namespace cpu
+}  // namespace lkconv

@@ -1,0 +1,21 @@
+// The plane cores compiled for generic (16-byte vectors); see plane_kernels.h.
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "plane_kernels_api.h"
+
+
+#define LKCONV_VEC_BYTES 16
+#define LKCONV_ISA generic
+namespace lkconv {
+namespace cpu {
+#include "plane_kernels.h"
+
+PlaneKernels plane_kernels_generic() {
+  return {"generic", &generic::correlate_plane<float>, &generic::correlate_plane<double>, &generic::wgrad_plane<float>,
+          &generic::wgrad_plane<double>};
+}
+}  // namespace cpu
+}  // namespace lkconv
+

@@ -1,0 +1,11 @@
+"""Backends of the depthwise op. Each declares what it supports and says why it refuses a call."""
+
+from .base import Backend, BackendNotSupportedError
+from .cpu import CpuBackend
+from .cuda import CudaBackend
+from .torch_ref import TorchBackend
+from .triton_backend import TritonBackend
+
+BACKENDS = {b.name: b for b in (CudaBackend(), TritonBackend(), CpuBackend(), TorchBackend())}
+
+__all__ = ["BACKENDS", "Backend", "BackendNotSupportedError"]

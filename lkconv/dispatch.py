@@ -1,0 +1,105 @@
+"""Which backend runs a call: forced by `use_backend`/LKCONV_BACKEND, else the first that accepts it.
+
+Unforced order on CUDA: cuda, then triton, then the PyTorch reference (see `_cuda_order` for the rule);
+on CPU: the C++ kernels, then the reference. A forced backend that refuses a call raises
+BackendNotSupportedError naming the reasons; it never falls back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from typing import Dict, Iterator, List, Optional
+
+import torch
+
+from .backends import BACKENDS, Backend, BackendNotSupportedError
+from .geometry import ConvCall, Padding, IntPair, describe
+
+ENV_VAR = "LKCONV_BACKEND"
+_forced: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("lkconv_backend", default=None)
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown lkconv backend {name!r}; choose one of {sorted(BACKENDS)}")
+    return name
+
+
+def forced_backend() -> Optional[str]:
+    """The backend forced by `use_backend` (innermost wins) or the LKCONV_BACKEND variable, else None."""
+    name = _forced.get()
+    if name is None:
+        name = os.environ.get(ENV_VAR) or None
+    if name in (None, "auto"):
+        return None
+    return _check_name(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run every lkconv call inside the block on backend `name` ("cpu", "cuda", "triton", "torch", or "auto").
+
+    A call that backend cannot run raises BackendNotSupportedError instead of falling back."""
+    if name != "auto":
+        _check_name(name)
+    token = _forced.set(name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def _order(call: ConvCall) -> List[str]:
+    if call.device.type == "cuda":
+        return _cuda_order(call)
+    return ["cpu", "triton", "torch"]
+
+
+def _cuda_order(call: ConvCall) -> List[str]:
+    # The CUDA kernels come first wherever they run; the Triton kernels cover what they refuse.
+    return ["cuda", "triton", "torch"]
+
+
+def select(call: ConvCall) -> Backend:
+    forced = forced_backend()
+    if forced is not None:
+        backend = BACKENDS[forced]
+        reasons = backend.reasons(call, forced=True)
+        if reasons:
+            raise BackendNotSupportedError(forced, reasons)
+        return backend
+    for name in _order(call):
+        backend = BACKENDS[name]
+        if not backend.reasons(call):
+            return backend
+    return BACKENDS["torch"]
+
+
+def available_backends() -> Dict[str, str]:
+    """Backend name -> "available" or the reason it cannot run on this machine/build."""
+    return {name: (b.unavailable() or "available") for name, b in BACKENDS.items()}
+
+
+def explain(input: torch.Tensor, weight: torch.Tensor, stride: IntPair = 1, padding: Padding = 0,
+            dilation: IntPair = 1) -> str:
+    """Which backend runs `depthwise_conv2d(input, weight, stride=..., padding=..., dilation=...)` and why each
+    other backend refuses it."""
+    call = describe(input, weight, stride, padding, dilation)
+    forced = forced_backend()
+    lines = [f"call: N={call.n} C={call.c} {call.h}x{call.w} k={call.kh}x{call.kw} padding={call.padding} "
+             f"stride={call.stride} dilation={call.dilation} {call.dtype} on {call.device} "
+             f"({'channels_last' if call.channels_last else 'NCHW'})"]
+    try:
+        chosen = select(call).name
+        lines.append(f"runs on: {chosen}" + (f" (forced by use_backend/{ENV_VAR})" if forced else ""))
+    except BackendNotSupportedError as exc:
+        chosen = None
+        lines.append(f"refused: {exc}")
+    for name in _order(call) + [n for n in BACKENDS if n not in _order(call)]:
+        if name == chosen:
+            continue
+        reasons = BACKENDS[name].reasons(call, forced=forced == name)
+        lines.append(f"  {name}: " + ("; ".join(reasons) if reasons else "could run it (lower priority)"))
+    return "\n".join(lines)

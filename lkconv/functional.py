@@ -1,0 +1,60 @@
+"""The functional API: `depthwise_conv2d` and its PyTorch reference."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import dispatch, ops
+from .backends import BackendNotSupportedError
+from .geometry import IntPair, Padding, UnplannableCall, plan
+
+
+def depthwise_conv2d_reference(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                               stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1) -> torch.Tensor:
+    """`F.conv2d(..., groups=C)`: what `depthwise_conv2d` must equal."""
+    groups = input.shape[-3] if isinstance(input, torch.Tensor) and input.dim() >= 3 else 1
+    return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1) -> torch.Tensor:
+    """Depthwise 2-D convolution: exactly `F.conv2d(input, weight, bias, stride, padding, dilation, groups=C)`.
+
+    Args:
+        input: (N, C, H, W) or unbatched (C, H, W); any strides (NCHW, channels_last, views).
+        weight: (C, 1, kh, kw), any kernel shape (odd, even, non-square, larger than the input).
+        bias: (C,) or None.
+        stride, dilation: int or (h, w).
+        padding: int, (h, w), 'same' (PyTorch's rule: even kernels pad one more at the bottom/right) or 'valid'.
+
+    Returns:
+        (N, C, H_out, W_out) in the input's memory format, with
+        H_out = (H + pad_top + pad_bottom - dilation_h * (kh - 1) - 1) // stride_h + 1 (likewise W_out).
+
+    Differentiable in input, weight and bias. Runs on the fastest backend that supports the call (see
+    `lkconv.explain`); calls no fast backend covers, and malformed calls, go to F.conv2d, which computes them or
+    raises its own error.
+    """
+    unbatched = isinstance(input, torch.Tensor) and input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    try:
+        call = plan(x, weight, bias, stride, padding, dilation)
+    except UnplannableCall as exc:
+        out = depthwise_conv2d_reference(input, weight, bias, stride, padding, dilation)  # raises if malformed
+        forced = dispatch.forced_backend()
+        if forced not in (None, "torch"):
+            raise BackendNotSupportedError(forced, [str(exc)]) from None
+        return out
+
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
+        # Follow F.conv2d under autocast: float32/float16/bfloat16 operands run in the autocast dtype
+        # (float64 is left alone, as autocast does).
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    out = ops.depthwise_conv2d_fwd(x, weight, bias, list(call.padding), list(call.stride), list(call.dilation))
+    return out.squeeze(0) if unbatched else out
