@@ -14,6 +14,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_output"), py::arg("input"), py::arg("kh"), py::arg("kw"), py::arg("padding"));
   m.def("cpu_isa", [] { return std::string(lkconv::cpu::plane_kernels().isa); },
         "instruction set of the CPU kernels picked for this machine");
+#if defined(__clang__)
+  m.attr("cxx_compiler") = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  m.attr("cxx_compiler") = std::string("gcc ") + __VERSION__;
+#else
+  m.attr("cxx_compiler") = std::string("unknown");
+#endif
 #ifdef LKCONV_WITH_CUDA
   m.attr("with_cuda") = true;
   lkconv::cuda::bind(m);

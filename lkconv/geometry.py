@@ -156,17 +156,15 @@ def _is_channels_last(t: torch.Tensor) -> bool:
 def is_channels_last(t: torch.Tensor) -> bool:
     """Whether a 4-D tensor is laid out channels-last (also for views), so outputs should be too.
 
-    Plainly contiguous tensors count as NCHW; otherwise the channel stride must be the smallest and the width
-    stride below the height stride (dims of size 1 are ignored, their strides mean nothing)."""
+    Plainly contiguous tensors count as NCHW; other views need channel stride < width stride < height stride."""
     if t.dim() != 4 or t.is_contiguous():
         return False
     if t.is_contiguous(memory_format=torch.channels_last):
         return True
     size, stride = t.shape, t.stride()
-    c, h, w = (stride[d] if size[d] > 1 else None for d in (1, 2, 3))
-    if c is None:
+    if min(size[1:]) == 1:  # ambiguous views: treat as NCHW
         return False
-    return all(other is None or c < other for other in (h, w)) and (h is None or w is None or w < h)
+    return stride[1] < stride[3] < stride[2]
 
 
 def memory_format_of(t: torch.Tensor) -> torch.memory_format:

@@ -48,36 +48,53 @@ constexpr int kWgradRows = 2;
 #endif
 constexpr int kWgradCols = 6;
 
+// Half-width vectors, for the last 8 (float) columns of a row: a 56-wide map is 3.5 full vectors.
+template <typename T>
+struct HalfVec {
+  static constexpr int kLanes = Vec<T>::kLanes / 2;
+  typedef T type __attribute__((vector_size(LKCONV_VEC_BYTES / 2)));
+};
+
 // One input row `srow` feeds output rows r of the block through filter row (t - r). `valid` says which of
 // the R rows have a filter row for this t; ALL skips the test in the steady state, where every row does.
-template <typename T, int R, int NV, bool ALL>
+// NV full vectors and NH (0 or 1) half vectors of outputs per row.
+template <typename T, int R, int NV, int NH, bool ALL>
 static inline void fwd_row(const T* srow, const T* const* wrow, const bool* valid, int kw,
-                           typename Vec<T>::type (&acc)[R][NV]) {
+                           typename Vec<T>::type (&acc)[R][NV > 0 ? NV : 1],
+                           typename HalfVec<T>::type (&acch)[R]) {
   using V = typename Vec<T>::type;
+  using H = typename HalfVec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   for (int j = 0; j < kw; ++j) {
-    V x[NV];
+    V x[NV > 0 ? NV : 1];
+    H xh;
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) x[v] = loadu<V>(srow + v * L + j);
-#pragma GCC unroll 4
+    if (NH) xh = loadu<H>(srow + NV * L + j);
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       if (ALL || valid[r]) {
         const T wv = wrow[r][j];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[r][v] += x[v] * wv;
+        if (NH) acch[r] += xh * wv;
       }
     }
   }
 }
 
-// out[r][x] = sum_{i<kh, j<kw} w[i][j] * src[r + i][x + j] for r < R, x < NV * L.
-template <typename T, int R, int NV>
+// out[r][x] = sum_{i<kh, j<kw} w[i][j] * src[r + i][x + j] for r < R, x < NV * L + NH * L / 2.
+template <typename T, int R, int NV, int NH>
 static void fwd_block(const T* src, int64_t ss, const T* w, int kh, int kw, T* out, int64_t os) {
   using V = typename Vec<T>::type;
+  using H = typename HalfVec<T>::type;
   constexpr int L = Vec<T>::kLanes;
-  V acc[R][NV];
-  for (int r = 0; r < R; ++r)
+  V acc[R][NV > 0 ? NV : 1];
+  H acch[R];
+  for (int r = 0; r < R; ++r) {
     for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+    acch[r] = H{};
+  }
   const T* wrow[R];
   bool valid[R];
   for (int t = 0; t < R + kh - 1; ++t) {
@@ -91,31 +108,42 @@ static void fwd_block(const T* src, int64_t ss, const T* w, int kh, int kw, T* o
     // Partial rows skip the missing filter rows instead of multiplying by zero, so an Inf or NaN in the
     // input cannot leak into outputs whose window does not contain it.
     if (all)
-      fwd_row<T, R, NV, true>(src + t * ss, wrow, valid, kw, acc);
+      fwd_row<T, R, NV, NH, true>(src + t * ss, wrow, valid, kw, acc, acch);
     else
-      fwd_row<T, R, NV, false>(src + t * ss, wrow, valid, kw, acc);
+      fwd_row<T, R, NV, NH, false>(src + t * ss, wrow, valid, kw, acc, acch);
   }
-  for (int r = 0; r < R; ++r)
+  for (int r = 0; r < R; ++r) {
     for (int v = 0; v < NV; ++v) storeu(out + r * os + v * L, acc[r][v]);
+    if (NH) storeu(out + r * os + NV * L, acch[r]);
+  }
 }
 
 template <typename T, int R>
 static void fwd_rows(const T* src, int64_t ss, const T* w, int kh, int kw, T* out, int64_t os, int ow) {
-  constexpr int L = Vec<T>::kLanes;
+  constexpr int L = Vec<T>::kLanes, HL = L / 2;
   constexpr int W = kMaxColVecs * L;
   int x0 = 0;
-  for (; x0 + W <= ow; x0 += W) fwd_block<T, R, kMaxColVecs>(src + x0, ss, w, kh, kw, out + x0, os);
-  const int rest = (ow - x0 + L - 1) / L;
-  switch (rest) {
+  for (; x0 + W <= ow; x0 += W) fwd_block<T, R, kMaxColVecs, 0>(src + x0, ss, w, kh, kw, out + x0, os);
+  // The rest in half vectors: 1 .. 2 * kMaxColVecs of them.
+  const int halves = (ow - x0 + HL - 1) / HL;
+#define LKCONV_FWD_TAIL(NV, NH) fwd_block<T, R, NV, NH>(src + x0, ss, w, kh, kw, out + x0, os)
+  switch (halves) {
     case 0: break;
-    case 1: fwd_block<T, R, 1>(src + x0, ss, w, kh, kw, out + x0, os); break;
+    case 1: LKCONV_FWD_TAIL(0, 1); break;
+    case 2: LKCONV_FWD_TAIL(1, 0); break;
 #if LKCONV_VEC_BYTES >= 64
-    case 2: fwd_block<T, R, 2>(src + x0, ss, w, kh, kw, out + x0, os); break;
-    default: fwd_block<T, R, 3>(src + x0, ss, w, kh, kw, out + x0, os); break;
+    case 3: LKCONV_FWD_TAIL(1, 1); break;
+    case 4: LKCONV_FWD_TAIL(2, 0); break;
+    case 5: LKCONV_FWD_TAIL(2, 1); break;
+    case 6: LKCONV_FWD_TAIL(3, 0); break;
+    case 7: LKCONV_FWD_TAIL(3, 1); break;
+    default: LKCONV_FWD_TAIL(4, 0); break;
 #else
-    default: fwd_block<T, R, 2>(src + x0, ss, w, kh, kw, out + x0, os); break;
+    case 3: LKCONV_FWD_TAIL(1, 1); break;
+    default: LKCONV_FWD_TAIL(2, 0); break;
 #endif
   }
+#undef LKCONV_FWD_TAIL
 }
 
 // Valid correlation of one padded plane: out[y][x] = sum_{i,j} w[i][j] * src[y + i][x + j], y < oh, x < ow.

@@ -1,0 +1,120 @@
+"""Forward, backward-input, backward-weight and bias gradient of every backend against a float64 reference,
+over the kernel sizes, maps, layouts and padding forms of the contract (see cases.py)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lkconv
+from cases import cases, make_inputs
+from conftest import backend_available
+from reference import assert_within_torch_error, conv_with_grads, unfold_conv
+
+
+def run_case(case, backend, dtype, device="cpu"):
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} unavailable: {lkconv.available_backends()[backend]}")
+    x64, x = make_inputs(case, dtype, device)
+    w = torch.randn(case.c, 1, case.kh, case.kw, device=device).to(dtype)
+    b = torch.randn(case.c, device=device).to(dtype) if case.bias else None
+    y64 = F.conv2d(x64, w.double(), None if b is None else b.double(), 1, case.padding, 1, case.c)
+    g = torch.randn_like(y64, dtype=torch.float32).to(dtype)
+    ref = conv_with_grads(x64, w.double(), None if b is None else b.double(), g.double(), padding=case.padding,
+                          fn=unfold_conv)
+    theirs = conv_with_grads(x, w, b, g, padding=case.padding)
+    with lkconv.use_backend(backend):
+        ours = conv_with_grads(x, w, b, g, padding=case.padding,
+                               fn=lambda *a: lkconv.depthwise_conv2d(*a))
+    for name, o, t, r in zip(("output", "grad_input", "grad_weight", "grad_bias"), ours, theirs, ref):
+        if r is None:
+            assert o is None
+            continue
+        assert_within_torch_error(o, t, r, f"{backend} {name}")
+    # Outputs keep the input's memory format, like F.conv2d's (its forward is reliable everywhere).
+    expected = F.conv2d(x, w, b, 1, case.padding, 1, case.c)
+    cl = torch.channels_last
+    assert ours[0].is_contiguous(memory_format=cl) == expected.is_contiguous(memory_format=cl) or min(
+        x.shape[1:]) == 1
+
+
+@pytest.mark.parametrize("case", cases(per_kernel=4), ids=lambda c: c.id)
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_cpu_backends_float32(case, backend):
+    run_case(case, backend, torch.float32)
+
+
+@pytest.mark.parametrize("case", cases(per_kernel=1), ids=lambda c: c.id)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_cpu_backend_other_dtypes(case, dtype):
+    run_case(case, "cpu", dtype)
+
+
+# The Triton interpreter is slow: small maps and few channels, every kernel family still covered.
+TRITON_CASES = [c for c in cases(per_kernel=2, max_channels=3, max_map=16)]
+
+
+@pytest.mark.parametrize("case", TRITON_CASES, ids=lambda c: c.id)
+def test_triton_float32(case):
+    run_case(case, "triton", torch.float32)
+
+
+@pytest.mark.parametrize("case", cases(per_kernel=1, max_channels=3, max_map=9, max_kernel=13), ids=lambda c: c.id)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_triton_half_types(case, dtype):
+    run_case(case, "triton", dtype)
+
+
+def test_gradcheck_float64_cpu_kernels():
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    with lkconv.use_backend("cpu"):
+        assert torch.autograd.gradcheck(lambda x, w, b: lkconv.depthwise_conv2d(x, w, b, padding="same"),
+                                        (x, w, b))
+        xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        assert torch.autograd.gradcheck(lambda x, w: lkconv.depthwise_conv2d(x, w, padding=(5, 1)), (xc, w))
+
+
+def test_large_map_cpu():
+    """A real stage shape (smaller batch): RepLKNet's first stage, k=31 on 56x56."""
+    x = torch.randn(1, 8, 56, 56)
+    w = torch.randn(8, 1, 31, 31)
+    x64, w64 = x.double(), w.double()
+    g = torch.randn(1, 8, 56, 56)
+    with lkconv.use_backend("cpu"):
+        ours = conv_with_grads(x, w, None, g, padding=15, fn=lambda *a: lkconv.depthwise_conv2d(*a))
+    ref = conv_with_grads(x64, w64, None, g.double(), padding=15)
+    theirs = conv_with_grads(x, w, None, g, padding=15)
+    for name, o, t, r in zip(("output", "grad_input", "grad_weight"), ours, theirs, ref):
+        assert_within_torch_error(o, t, r, name)
+
+
+def test_non_finite_inputs_stay_local():
+    """An Inf pixel gives Inf/NaN exactly where F.conv2d does, not in outputs whose window misses it."""
+    x = torch.randn(1, 2, 12, 12, dtype=torch.float64)
+    x[0, 0, 3, 4] = float("inf")
+    w = torch.rand(2, 1, 5, 5, dtype=torch.float64) + 0.1
+    ref = F.conv2d(x, w, None, 1, 2, 1, 2)
+    for backend in ("cpu", "triton"):
+        if not backend_available(backend) or backend == "triton":
+            continue
+        with lkconv.use_backend(backend):
+            ours = lkconv.depthwise_conv2d(x, w, padding=2)
+        assert torch.equal(torch.isfinite(ours), torch.isfinite(ref)), backend
+
+
+@pytest.mark.parametrize("kernel", [(3, 3), (5, 2)])
+def test_every_width_and_height_cpu(kernel):
+    """Every map width/height up to 70 (all column/row blockings and tails of the vectorised kernels)."""
+    kh, kw = kernel
+    for size in range(1, 71):
+        for h, w in ((3, size), (size, 4)):
+            x = torch.randn(2, 2, h, w)
+            wt = torch.randn(2, 1, kh, kw)
+            g = torch.randn(2, 2, h, w)
+            with lkconv.use_backend("cpu"):
+                ours = conv_with_grads(x, wt, None, g, padding="same", fn=lambda *a: lkconv.depthwise_conv2d(*a))
+            ref = conv_with_grads(x.double(), wt.double(), None, g.double(), padding="same", fn=unfold_conv)
+            theirs = conv_with_grads(x, wt, None, g, padding="same")
+            for name, o, t, r in zip(("output", "grad_input", "grad_weight"), ours, theirs, ref):
+                assert_within_torch_error(o, t, r, f"{h}x{w} {name}")
