@@ -1,0 +1,72 @@
+"""What every results file records about where and how it was measured."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from typing import Dict
+
+import torch
+
+
+def _git_commit() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def describe_environment(device: torch.device) -> Dict[str, str]:
+    from lkconv import _ext, __version__
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), *sys.argv]),
+        "lkconv": __version__,
+        "lkconv_commit": _git_commit(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "compiler": getattr(_ext._C, "cxx_compiler", "unknown") if _ext._C is not None else "extension not built",
+        "cpu": _cpu_model(),
+        "cpu_threads": str(torch.get_num_threads()),
+        "cpu_isa": _ext._C.cpu_isa() if _ext._C is not None else "n/a",
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env["device"] = props.name
+        env["cuda"] = torch.version.cuda or "unknown"
+        try:
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            env["driver"] = "unknown"
+    else:
+        env["device"] = f"CPU: {env['cpu']} ({env['cpu_threads']} threads)"
+    return env

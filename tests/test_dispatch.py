@@ -1,0 +1,79 @@
+"""Backend declaration, selection, forcing and explanations."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lkconv
+from lkconv import dispatch
+from lkconv.geometry import describe
+
+
+def test_available_backends_names_and_reasons():
+    backends = lkconv.available_backends()
+    assert set(backends) == {"cpu", "cuda", "triton", "torch"}
+    assert backends["torch"] == "available"
+    assert backends["cpu"] == "available"  # the extension is built by the README's install
+    if not torch.cuda.is_available():
+        assert "CUDA" in backends["cuda"] or "cuda" in backends["cuda"]
+
+
+def test_cpu_calls_run_on_the_cpu_kernels_unforced():
+    x, w = torch.randn(1, 4, 16, 16), torch.randn(4, 1, 7, 7)
+    assert dispatch.select(describe(x, w, padding=3)).name == "cpu"
+    # Unsupported by the fast kernels: the reference.
+    assert dispatch.select(describe(x, w, stride=2, padding=3)).name == "torch"
+
+
+def test_explain_names_the_choice_and_every_refusal():
+    x, w = torch.randn(1, 4, 16, 16), torch.randn(4, 1, 7, 7)
+    text = lkconv.explain(x, w, stride=2, padding=3)
+    assert "runs on: torch" in text
+    assert "stride" in text  # why cpu refused
+    for name in ("cpu", "cuda", "triton"):
+        assert f"  {name}:" in text
+    text = lkconv.explain(x, w, padding=3)
+    assert "runs on: cpu" in text
+
+
+def test_use_backend_forces_and_restores():
+    x, w = torch.randn(1, 2, 8, 8), torch.randn(2, 1, 3, 3)
+    call = describe(x, w, padding=1)
+    with lkconv.use_backend("torch"):
+        assert dispatch.select(call).name == "torch"
+        with lkconv.use_backend("cpu"):
+            assert dispatch.select(call).name == "cpu"
+        assert dispatch.select(call).name == "torch"
+    assert dispatch.select(call).name == "cpu"
+
+
+def test_forcing_an_unavailable_backend_raises_with_reason():
+    x, w = torch.randn(1, 2, 8, 8), torch.randn(2, 1, 3, 3)
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with lkconv.use_backend("cuda"), pytest.raises(lkconv.BackendNotSupportedError) as err:
+        lkconv.depthwise_conv2d(x, w, padding=1)
+    assert "cuda" in str(err.value)
+
+
+def test_unknown_backend_name():
+    with pytest.raises(ValueError, match="unknown lkconv backend"):
+        with lkconv.use_backend("fast"):
+            pass
+
+
+def test_env_var_forces_backend(monkeypatch):
+    x, w = torch.randn(1, 2, 8, 8), torch.randn(2, 1, 3, 3)
+    monkeypatch.setenv("LKCONV_BACKEND", "torch")
+    assert dispatch.select(describe(x, w, padding=1)).name == "torch"
+    monkeypatch.setenv("LKCONV_BACKEND", "cpu")
+    with pytest.raises(lkconv.BackendNotSupportedError):
+        lkconv.depthwise_conv2d(x, w, stride=2)
+
+
+def test_info_command_lists_backends():
+    out = subprocess.run([sys.executable, "-m", "lkconv.info"], capture_output=True, text=True, check=True).stdout
+    for word in ("torch", "triton", "lkconv._C", "backends:", "cpu", "cuda"):
+        assert word in out
