@@ -39,44 +39,74 @@ TapRange useful_taps(int64_t k, int64_t src_len, int64_t out_len, int64_t offset
   return {std::max<int64_t>(0, offset - out_len + 1), std::min<int64_t>(k - 1, offset + src_len - 1)};
 }
 
-// A strided plane of a 4-D tensor.
+// G planes (consecutive channels) of a 4-D tensor: element (g, r, c) at data[g*plane_stride + r*row_stride +
+// c*col_stride]. With channels_last tensors the G values of a pixel are adjacent, so gathering G planes in one
+// sweep reads whole cache lines instead of one value per line.
 template <typename S>
-struct Plane {
+struct Planes {
   const S* data;
-  int64_t rows, cols, row_stride, col_stride;
+  int64_t count, rows, cols, plane_stride, row_stride, col_stride;
 };
 
-// dst[r][c] = src[r - top][c - left] inside the plane, zero elsewhere; dst is rows x cols, row stride ds.
+// dst[g][r][c] = src[g][r - top][c - left] inside the planes, zero elsewhere; each dst plane is rows x cols
+// with row stride ds, planes dp apart.
 template <typename S, typename T>
-void gather(const Plane<S>& src, int64_t top, int64_t left, T* dst, int64_t rows, int64_t cols, int64_t ds) {
+void gather(const Planes<S>& src, int64_t top, int64_t left, T* dst, int64_t dp, int64_t rows, int64_t cols,
+            int64_t ds) {
   const int64_t c0 = std::clamp<int64_t>(left, 0, cols);
   const int64_t c1 = std::clamp<int64_t>(left + src.cols, c0, cols);
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t g = 0; g < src.count; ++g) {
+    for (int64_t r = 0; r < rows; ++r) {
+      T* d = dst + g * dp + r * ds;
+      const int64_t sr = r - top;
+      if (sr < 0 || sr >= src.rows) {
+        std::fill(d, d + cols, T(0));
+      } else {
+        std::fill(d, d + c0, T(0));
+        std::fill(d + c1, d + cols, T(0));
+      }
+    }
+  }
+  const int64_t r0 = std::max<int64_t>(top, 0), r1 = std::min<int64_t>(top + src.rows, rows);
+  for (int64_t r = r0; r < r1; ++r) {
+    const S* s = src.data + (r - top) * src.row_stride + (c0 - left) * src.col_stride;
     T* d = dst + r * ds;
-    const int64_t sr = r - top;
-    if (sr < 0 || sr >= src.rows) {
-      std::fill(d, d + cols, T(0));
+    if (src.count == 1) {
+      if (src.col_stride == 1) {
+        for (int64_t c = c0; c < c1; ++c) d[c] = static_cast<T>(s[c - c0]);
+      } else {
+        for (int64_t c = c0; c < c1; ++c) d[c] = static_cast<T>(s[(c - c0) * src.col_stride]);
+      }
       continue;
     }
-    std::fill(d, d + c0, T(0));
-    const S* s = src.data + sr * src.row_stride + (c0 - left) * src.col_stride;
-    if (src.col_stride == 1) {
-      for (int64_t c = c0; c < c1; ++c) d[c] = static_cast<T>(s[c - c0]);
-    } else {
-      for (int64_t c = c0; c < c1; ++c) d[c] = static_cast<T>(s[(c - c0) * src.col_stride]);
+    for (int64_t c = c0; c < c1; ++c) {
+      const S* px = s + (c - c0) * src.col_stride;
+      for (int64_t g = 0; g < src.count; ++g) d[g * dp + c] = static_cast<T>(px[g * src.plane_stride]);
     }
-    std::fill(d + c1, d + cols, T(0));
   }
 }
 
-// out plane (strided, type S) = buf[:rows, :cols] + bias.
+// out planes (strided, type S) = buf[g][:rows, :cols] + bias[g].
 template <typename S, typename T>
-void scatter(const T* buf, int64_t bs, S* out, int64_t rows, int64_t cols, int64_t rstride, int64_t cstride, T bias) {
+void scatter(const T* buf, int64_t bp, int64_t bs, S* out, int64_t count, int64_t plane_stride, int64_t rows,
+             int64_t cols, int64_t rstride, int64_t cstride, const T* bias) {
   for (int64_t r = 0; r < rows; ++r) {
-    const T* b = buf + r * bs;
     S* o = out + r * rstride;
-    for (int64_t c = 0; c < cols; ++c) o[c * cstride] = static_cast<S>(b[c] + bias);
+    if (count == 1) {
+      const T* b = buf + r * bs;
+      for (int64_t c = 0; c < cols; ++c) o[c * cstride] = static_cast<S>(b[c] + bias[0]);
+      continue;
+    }
+    for (int64_t c = 0; c < cols; ++c)
+      for (int64_t g = 0; g < count; ++g)
+        o[c * cstride + g * plane_stride] = static_cast<S>(buf[g * bp + r * bs + c] + bias[g]);
   }
+}
+
+// Channels handled together: a cache line of channels for channels_last tensors, one otherwise.
+int64_t channel_group(const at::Tensor& t) {
+  const bool channels_fastest = t.stride(1) == 1 && t.size(1) > 1;
+  return channels_fastest ? std::max<int64_t>(1, 32 / t.element_size()) : 1;
 }
 
 template <typename T>
@@ -116,31 +146,36 @@ void correlate_all(const at::Tensor& src, const at::Tensor& filter, const S* bia
   const int64_t buf_rows = round_up(OH, 4) + khc + kSlack, buf_cols = round_up(OW, kSlack) + kwc + kSlack;
   const int64_t out_cols = round_up(OW, kSlack) + kSlack;
 
-  at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> sbuf(ti.empty() || tj.empty() ? 0 : buf_rows * buf_cols);
-    std::vector<T> obuf((round_up(OH, 4) + kSlack) * out_cols);
-    std::vector<T> wbuf(khc * kwc);
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t n = p / C, c = p % C;
-      S* o = op + n * os[0] + c * os[1];
-      const T b = bias ? static_cast<T>(bias[c]) : T(0);
+  const int64_t G = std::min(C, channel_group(src));
+  const int64_t groups = (C + G - 1) / G;
+  const int64_t src_plane = buf_rows * buf_cols, out_plane = (round_up(OH, 4) + kSlack) * out_cols;
+  at::parallel_for(0, N * groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> sbuf(ti.empty() || tj.empty() ? 0 : G * src_plane);
+    std::vector<T> obuf(G * out_plane);
+    std::vector<T> wbuf(khc * kwc), bbuf(G);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / groups, c0 = (task % groups) * G, g_count = std::min(G, C - c0);
+      S* o = op + n * os[0] + c0 * os[1];
+      for (int64_t g = 0; g < g_count; ++g) bbuf[g] = bias ? static_cast<T>(bias[c0 + g]) : T(0);
       if (ti.empty() || tj.empty()) {  // every tap reads padding only
         std::fill(obuf.begin(), obuf.end(), T(0));
-        scatter(obuf.data(), out_cols, o, OH, OW, os[2], os[3], b);
-        continue;
-      }
-      // The cropped filter, flipped if asked, in the compute type.
-      for (int64_t i = 0; i < khc; ++i)
-        for (int64_t j = 0; j < kwc; ++j) {
-          int64_t fi = ti.lo + i, fj = tj.lo + j;
-          if (flip) fi = kh - 1 - fi, fj = kw - 1 - fj;
-          wbuf[i * kwc + j] = static_cast<T>(fp[c * fs[0] + fi * fs[2] + fj * fs[3]]);
+      } else {
+        const Planes<S> planes{sp + n * ss[0] + c0 * ss[1], g_count, H, W, ss[1], ss[2], ss[3]};
+        gather(planes, top - ti.lo, left - tj.lo, sbuf.data(), src_plane, buf_rows, buf_cols, buf_cols);
+        for (int64_t g = 0; g < g_count; ++g) {
+          // The cropped filter, flipped if asked, in the compute type.
+          for (int64_t i = 0; i < khc; ++i)
+            for (int64_t j = 0; j < kwc; ++j) {
+              int64_t fi = ti.lo + i, fj = tj.lo + j;
+              if (flip) fi = kh - 1 - fi, fj = kw - 1 - fj;
+              wbuf[i * kwc + j] = static_cast<T>(fp[(c0 + g) * fs[0] + fi * fs[2] + fj * fs[3]]);
+            }
+          correlate(sbuf.data() + g * src_plane, buf_cols, wbuf.data(), static_cast<int>(khc),
+                    static_cast<int>(kwc), obuf.data() + g * out_plane, out_cols, static_cast<int>(OH),
+                    static_cast<int>(OW));
         }
-      const Plane<S> plane{sp + n * ss[0] + c * ss[1], H, W, ss[2], ss[3]};
-      gather(plane, top - ti.lo, left - tj.lo, sbuf.data(), buf_rows, buf_cols, buf_cols);
-      correlate(sbuf.data(), buf_cols, wbuf.data(), static_cast<int>(khc), static_cast<int>(kwc), obuf.data(),
-                out_cols, static_cast<int>(OH), static_cast<int>(OW));
-      scatter(obuf.data(), out_cols, o, OH, OW, os[2], os[3], b);
+      }
+      scatter(obuf.data(), out_plane, out_cols, o, g_count, os[1], OH, OW, os[2], os[3], bbuf.data());
     }
   });
 }
@@ -164,27 +199,33 @@ void weight_grad(const at::Tensor& grad_out, const at::Tensor& input, at::Tensor
   const int64_t g_cols = round_up(OW, kSlack);
   const int64_t res_rows = round_up(khc, 4), res_cols = kwc;
 
-  // Batch chunks per channel depend on the shape only (never on the thread count), and partial sums are
-  // added in chunk order, so the result is bitwise reproducible.
-  const int64_t chunks = std::min<int64_t>(N, std::max<int64_t>(1, (16 + C - 1) / C));
+  // Channel groups as in the forward pass; batch chunks per group depend on the shape only (never on the
+  // thread count), and partial sums are added in chunk order, so the result is bitwise reproducible.
+  const int64_t G = std::min(C, channel_group(input));
+  const int64_t groups = (C + G - 1) / G;
+  const int64_t chunks = std::min<int64_t>(N, std::max<int64_t>(1, (16 + groups - 1) / groups));
   std::vector<double> partial(C * chunks * khc * kwc, 0.0);
+  const int64_t src_plane = src_rows * src_cols, g_plane = OH * g_cols;
 
-  at::parallel_for(0, C * chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> sbuf(src_rows * src_cols), gbuf(OH * g_cols), res(res_rows * res_cols);
+  at::parallel_for(0, groups * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> sbuf(G * src_plane), gbuf(G * g_plane), res(res_rows * res_cols);
     for (int64_t p = begin; p < end; ++p) {
-      const int64_t c = p / chunks, chunk = p % chunks;
+      const int64_t group = p / chunks, chunk = p % chunks;
+      const int64_t c0 = group * G, g_count = std::min(G, C - c0);
       const int64_t n0 = N * chunk / chunks, n1 = N * (chunk + 1) / chunks;
-      double* acc = partial.data() + p * khc * kwc;
       for (int64_t n = n0; n < n1; ++n) {
-        const Plane<S> x{xp + n * xs[0] + c * xs[1], H, W, xs[2], xs[3]};
-        const Plane<S> g{gp + n * gs[0] + c * gs[1], OH, OW, gs[2], gs[3]};
-        gather(x, top - ti.lo, left - tj.lo, sbuf.data(), src_rows, src_cols, src_cols);
-        gather(g, 0, 0, gbuf.data(), OH, g_cols, g_cols);
-        wgrad(sbuf.data(), src_cols, gbuf.data(), g_cols, static_cast<int>(OH), static_cast<int>(OW),
-              static_cast<int>(khc), static_cast<int>(kwc), res.data(), res_cols);
-        // Per-plane sums in the compute type, the batch reduction in double.
-        for (int64_t i = 0; i < khc; ++i)
-          for (int64_t j = 0; j < kwc; ++j) acc[i * kwc + j] += static_cast<double>(res[i * res_cols + j]);
+        const Planes<S> x{xp + n * xs[0] + c0 * xs[1], g_count, H, W, xs[1], xs[2], xs[3]};
+        const Planes<S> g{gp + n * gs[0] + c0 * gs[1], g_count, OH, OW, gs[1], gs[2], gs[3]};
+        gather(x, top - ti.lo, left - tj.lo, sbuf.data(), src_plane, src_rows, src_cols, src_cols);
+        gather(g, 0, 0, gbuf.data(), g_plane, OH, g_cols, g_cols);
+        for (int64_t k = 0; k < g_count; ++k) {
+          wgrad(sbuf.data() + k * src_plane, src_cols, gbuf.data() + k * g_plane, g_cols, static_cast<int>(OH),
+                static_cast<int>(OW), static_cast<int>(khc), static_cast<int>(kwc), res.data(), res_cols);
+          // Per-plane sums in the compute type, the batch reduction in double.
+          double* acc = partial.data() + ((c0 + k) * chunks + chunk) * khc * kwc;
+          for (int64_t i = 0; i < khc; ++i)
+            for (int64_t j = 0; j < kwc; ++j) acc[i * kwc + j] += static_cast<double>(res[i * res_cols + j]);
+        }
       }
     }
   });
