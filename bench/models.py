@@ -1,0 +1,172 @@
+"""`python -m bench.models`: model-level speed, stock nn.Conv2d against lkconv, same process, same batch.
+
+Inference throughput (eval, no grad) and training throughput (forward + backward + optimizer step), in
+images/s, for RepLKNet-31B and ConvNeXt-T at several kernel sizes. bf16 autocast on GPU, float32 on CPU. On
+out-of-memory the batch is halved (and the row says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from lkconv import LKConv2d, convert_model
+
+from .environment import describe_environment
+from .results import _atomic_write
+from .timing import time_fn
+
+log = logging.getLogger(__name__)
+
+
+def to_stock(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose LKConv2d modules are plain nn.Conv2d with the same parameters."""
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LKConv2d):
+                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                 child.padding, child.dilation, child.groups, child.bias is not None,
+                                 child.padding_mode, device="meta")
+                conv.weight, conv.bias = child.weight, child.bias
+                setattr(parent, name, conv)
+    return model
+
+
+def build(name: str, kernel_size: int) -> nn.Module:
+    """The lkconv variant of a benchmark model."""
+    import timm
+
+    import lkconv.models  # noqa: F401  (registers replknet_*)
+
+    if name == "replknet_31b":
+        return timm.create_model("replknet_31b")
+    if name == "convnext_tiny":
+        return convert_model(timm.create_model("convnext_tiny", kernel_sizes=kernel_size))
+    raise ValueError(f"unknown benchmark model {name!r} (replknet_31b, convnext_tiny)")
+
+
+@dataclass
+class ModelRow:
+    model: str
+    k: int
+    variant: str  # "stock" or "lkconv"
+    mode: str  # "inference" or "train"
+    batch: int
+    image_size: int
+    images_per_s: float
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    speedup: float = float("nan")
+    note: str = ""
+
+
+def _measure(model: nn.Module, mode: str, batch: int, size: int, device: torch.device, channels_last: bool,
+             quick: bool):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+    if mode == "inference":
+        model.eval()
+
+        def step():
+            with torch.no_grad(), amp:
+                return model(x)
+    else:
+        model.train()
+        target = torch.randint(0, 1000, (batch,), device=device)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+        def step():
+            with amp:
+                loss = nn.functional.cross_entropy(model(x).float(), target)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up (and compile, if compiled)
+    return time_fn(step, device, quick)
+
+
+def run_model(name: str, k: int, modes: List[str], batch: int, size: int, device: torch.device,
+              channels_last: bool, compile_: bool, quick: bool) -> List[ModelRow]:
+    fast = build(name, k).to(device)
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+    variants = {"stock": to_stock(fast), "lkconv": fast}
+    rows: List[ModelRow] = []
+    for mode in modes:
+        by_variant = {}
+        for variant, model in variants.items():
+            m = torch.compile(model) if compile_ else model
+            b, note = batch, ""
+            while True:
+                try:
+                    t = _measure(m, mode, b, size, device, channels_last, quick)
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    if b == 1:
+                        raise
+                    b //= 2
+                    note = f"batch halved to {b} (out of memory)"
+            row = ModelRow(name, k, variant, mode, b, size, b / (t.median_ms * 1e-3), t.median_ms, t.p20_ms,
+                           t.p80_ms, note=note)
+            by_variant[variant] = row
+            rows.append(row)
+            print(f"  {name} k={k} {mode:<9} {variant:<6} batch {b}: {row.images_per_s:8.1f} img/s {note}",
+                  file=sys.stderr, flush=True)
+        stock, lk = by_variant["stock"], by_variant["lkconv"]
+        lk.speedup = lk.images_per_s / stock.images_per_s
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.models", description=__doc__)
+    p.add_argument("--device", default=None)
+    p.add_argument("--models", default="replknet_31b,convnext_tiny")
+    p.add_argument("--kernel-sizes", default="7,31,51", help="ConvNeXt-T kernel sizes (RepLKNet-31B is fixed)")
+    p.add_argument("--modes", default="inference,train")
+    p.add_argument("--batch-size", type=int, default=None, help="default 64 on GPU, 2 on CPU")
+    p.add_argument("--image-size", type=int, default=None, help="default 224 on GPU, 128 on CPU")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile both variants")
+    p.add_argument("--full", action="store_true", help="longer timings")
+    p.add_argument("--out", default=None, help="results JSON")
+    args = p.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_cpu = device.type == "cpu"
+    batch = args.batch_size or (2 if on_cpu else 64)
+    size = args.image_size or (128 if on_cpu else 224)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    rows: List[ModelRow] = []
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        ks = [31] if name == "replknet_31b" else [int(k) for k in args.kernel_sizes.split(",")]
+        for k in ks:
+            rows += run_model(name, k, modes, batch, size, device, args.channels_last, args.compile, not args.full)
+    env = describe_environment(device)
+    print(f"# {env['device']} | torch {env['torch']} | lkconv {env['lkconv_commit']}")
+    print(f"{'model':<14} {'k':>3} {'mode':<10} {'batch':>5} {'stock img/s':>12} {'lkconv img/s':>13} {'speed-up':>9}")
+    for r in rows:
+        if r.variant == "lkconv":
+            stock = next(s for s in rows if s.variant == "stock" and (s.model, s.k, s.mode) == (r.model, r.k, r.mode))
+            print(f"{r.model:<14} {r.k:>3} {r.mode:<10} {r.batch:>5} {stock.images_per_s:>12.1f} "
+                  f"{r.images_per_s:>13.1f} {r.speedup:>8.2f}x {r.note}")
+    if args.out:
+        _atomic_write(args.out, json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Smoke tests of the benchmark commands (tiny shapes; speed is measured, never asserted)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(*args, cwd=None):
+    out = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+TINY = ["--kernel-sizes", "5", "--sweep-channels", "4", "--sweep-size", "12", "--batch-size", "1"]
+
+
+def test_bench_quick_writes_results_compare_and_plot(tmp_path):
+    out = tmp_path / "r.json"
+    text = _run("bench", "--quick", *TINY, "--out", str(out), "--plot", str(tmp_path / "r.png"))
+    assert "lkconv-cpu" in text and "torch" in text
+    data = json.loads(out.read_text())
+    env, rows = data["environment"], data["rows"]
+    for key in ("device", "torch", "triton", "compiler", "lkconv_commit", "date", "command"):
+        assert env[key]
+    passes = {r["pass"] for r in rows}
+    assert passes == {"forward", "backward_input", "backward_weight", "fwd_bwd"}
+    assert {(r["impl"], r["layout"]) for r in rows} >= {("torch", "nchw"), ("torch", "channels_last"),
+                                                        ("lkconv-cpu", "nchw"), ("lkconv-cpu", "channels_last")}
+    assert all(r["correct"] and r["median_ms"] > 0 and r["max_rel_err"] < 1e-5 for r in rows)
+    assert (tmp_path / "r.csv").exists() and (tmp_path / "r.png").stat().st_size > 0
+    compared = _run("bench", "--quick", *TINY, "--passes", "forward", "--compare", str(out))
+    assert "new/old" in compared and "forward" in compared
+
+
+def test_extra_impl_joins_the_table():
+    text = _run("bench", "--quick", *TINY, "--passes", "forward", "--layout", "nchw",
+                "--extra-impl", "torch.nn.functional:conv2d")
+    assert "torch.nn.functional:conv2d" in text
+
+
+def test_bad_flags_are_reported():
+    out = subprocess.run([sys.executable, "-m", "bench", "--dtype", "float8"], capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown dtype" in out.stderr
+
+
+def test_models_bench_and_readme_generation(tmp_path):
+    pytest.importorskip("timm")
+    out = tmp_path / "models.json"
+    text = _run("bench.models", "--models", "convnext_tiny", "--kernel-sizes", "7", "--modes", "inference,train",
+                "--batch-size", "1", "--image-size", "32", "--out", str(out))
+    assert "convnext_tiny" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["variant"], r["mode"]) for r in rows} == {("stock", "inference"), ("lkconv", "inference"),
+                                                         ("stock", "train"), ("lkconv", "train")}
+    kernels = tmp_path / "kernels.json"
+    _run("bench", "--quick", *TINY, "--passes", "forward", "--out", str(kernels))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- perf:begin -->\nold\n<!-- perf:end -->\n\ntail\n")
+    _run("bench.readme", str(readme), str(tmp_path))
+    text = readme.read_text()
+    assert "old" not in text and "tail" in text and "| model |" in text and "| shape |" in text
