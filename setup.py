@@ -97,7 +97,8 @@ def _extension():
 
 
 setup(
-    packages=find_packages(include=["lkconv", "lkconv.*", "bench", "bench.*"]),
+    packages=find_packages(include=["lkconv", "lkconv.*", "bench", "bench.*", "robustness", "robustness.*"]),
+    package_data={"robustness": ["reference/*.json", "reference/*.txt", "reference/*.md"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},
 )

@@ -36,7 +36,8 @@ def _configs(blocks, warps=(4, 8)):
 _NCHW_BLOCKS = [(("BLOCK_H", "BLOCK_W"), v) for v in ((8, 16), (16, 32), (32, 32), (8, 64), (16, 64))]
 _CL_BLOCKS = [(("BLOCK_P", "BLOCK_C"), v) for v in ((16, 16), (32, 32), (64, 32), (16, 64), (32, 64))]
 _WGRAD_BLOCKS = [(("BLOCK_P",), (v,)) for v in (32, 64, 128)]
-_KEY = ["C", "H", "W", "OH", "OW", "KHC", "KWC", "FLIP"]
+# Autotuning keys; triton adds the dtypes of the tensor arguments itself.
+_KEY = ["C", "H", "W", "OH", "OW", "KH", "KW", "KHC", "KWC", "FLIP"]
 
 
 @triton.jit
