@@ -36,6 +36,21 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def command_line(argv=None) -> str:
+    """The command as typed: `python -m bench ...` rather than the path of the module's file."""
+    argv = list(sys.argv if argv is None else argv)
+    return " ".join(["python"] + [shlex.quote(a) for a in _module_form(argv[0]) + argv[1:]])
+
+
+def _module_form(argv0: str):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.abspath(argv0)
+    if path.startswith(root + os.sep) and path.endswith(".py"):
+        module = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+        return ["-m", module[: -len(".__main__")] if module.endswith(".__main__") else module]
+    return [argv0]
+
+
 def describe_environment(device: torch.device) -> Dict[str, str]:
     from lkconv import _ext, __version__
 
@@ -47,7 +62,7 @@ def describe_environment(device: torch.device) -> Dict[str, str]:
         triton_version = "not installed"
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), *sys.argv]),
+        "command": command_line(),
         "lkconv": __version__,
         "lkconv_commit": _git_commit(),
         "torch": torch.__version__,

@@ -26,7 +26,8 @@ def plot_speedups(rows: Sequence[Row], path: str, title: str) -> str:
         for r in sweep:
             if r.pass_ != pass_:
                 continue
-            best = max(r.speedup_vs_torch_nchw, r.speedup_vs_torch_channels_last)  # vs the faster layout
+            # Against PyTorch's faster layout: the smaller of the two speed-ups (NaN if either is missing).
+            best = min(r.speedup_vs_torch_nchw, r.speedup_vs_torch_channels_last)
             if not math.isnan(best):
                 lines[(r.impl, r.layout, r.dtype)].append((r.k, best))
         for (impl, layout, dtype), pts in sorted(lines.items()):
@@ -46,3 +47,22 @@ def plot_speedups(rows: Sequence[Row], path: str, title: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def main(argv=None) -> int:
+    """`python -m bench.plot RESULTS.json OUT.png`: plot an existing results file."""
+    import sys
+
+    from .results import load
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m bench.plot RESULTS.json OUT.png", file=sys.stderr)
+        return 2
+    env, rows = load(argv[0])
+    print(f"wrote {plot_speedups(rows, argv[1], env['device'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

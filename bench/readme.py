@@ -14,10 +14,19 @@ from collections import defaultdict
 from typing import List
 
 from . import results
+from .environment import command_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 PASS_NAMES = {"forward": "fwd", "backward_input": "bwd-in", "backward_weight": "bwd-w", "fwd_bwd": "fwd+bwd"}
+
+
+def _command(env) -> str:
+    """The recorded command in its `python -m` form (older files recorded the module's file path)."""
+    parts = env["command"].split()
+    if parts and parts[0].startswith("python") and len(parts) > 1 and parts[1].endswith(".py"):
+        return command_line(parts[1:])
+    return env["command"]
 
 
 def _f(v: float, fmt: str = ".1f") -> str:
@@ -29,7 +38,7 @@ def kernel_section(path: str) -> str:
     rel = os.path.relpath(path, ROOT)
     out = [f"### {env['device']} — kernels", "",
            f"Measured {env['date'][:10]}, torch {env['torch']}, lkconv `{env['lkconv_commit'][:12]}`, "
-           f"`{env['command']}` ([results]({rel})).", ""]
+           f"`{_command(env)}` ([results]({rel})).", ""]
     torch_ms = {(r.shape, r.k, r.dtype, r.pass_, r.layout): r.median_ms for r in rows if r.impl == "torch"}
     groups = defaultdict(list)
     for r in rows:
@@ -62,7 +71,7 @@ def model_section(path: str) -> str:
     env, rows = data["environment"], data["rows"]
     out = [f"### {env['device']} — models", "",
            f"Measured {env['date'][:10]}, torch {env['torch']}, lkconv `{env['lkconv_commit'][:12]}`, "
-           f"`{env['command']}` ([results]({os.path.relpath(path, ROOT)})).", "",
+           f"`{_command(env)}` ([results]({os.path.relpath(path, ROOT)})).", "",
            "| model | k | mode | batch | image | stock img/s | lkconv img/s | speed-up |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["variant"] != "lkconv":
