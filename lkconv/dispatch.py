@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import os
 from typing import Dict, Iterator, List, Optional
 
@@ -18,6 +19,7 @@ from .backends import BACKENDS, Backend, BackendNotSupportedError
 from .geometry import ConvCall, Padding, IntPair, describe
 
 ENV_VAR = "LKCONV_BACKEND"
+PASSES = ("forward", "backward_input", "backward_weight")
 _forced: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("lkconv_backend", default=None)
 
 
@@ -93,15 +95,19 @@ def explain(input: torch.Tensor, weight: torch.Tensor, stride: IntPair = 1, padd
     lines = [f"call: N={call.n} C={call.c} {call.h}x{call.w} k={call.kh}x{call.kw} padding={call.padding} "
              f"stride={call.stride} dilation={call.dilation} {call.dtype} on {call.device} "
              f"({'channels_last' if call.channels_last else 'NCHW'})"]
-    try:
-        chosen = select(call).name
-        lines.append(f"runs on: {chosen}" + (f" (forced by use_backend/{ENV_VAR})" if forced else ""))
-    except BackendNotSupportedError as exc:
-        chosen = None
-        lines.append(f"refused: {exc}")
-    for name in _order(call) + [n for n in BACKENDS if n not in _order(call)]:
-        if name == chosen:
-            continue
-        reasons = BACKENDS[name].reasons(call, forced=forced == name)
-        lines.append(f"  {name}: " + ("; ".join(reasons) if reasons else "could run it (lower priority)"))
+    chosen = {}
+    for pass_name in PASSES:
+        try:
+            chosen[pass_name] = select(dataclasses.replace(call, pass_name=pass_name)).name
+        except BackendNotSupportedError as exc:
+            chosen[pass_name] = None
+            lines.append(f"refused ({pass_name}): {exc}")
+    how = f" (forced by use_backend/{ENV_VAR})" if forced else ""
+    lines.append("runs on: " + ", ".join(f"{p} -> {b}" for p, b in chosen.items() if b) + how)
+    for pass_name in PASSES:
+        pcall = dataclasses.replace(call, pass_name=pass_name)
+        others = [n for n in _order(pcall) + [n for n in BACKENDS if n not in _order(pcall)] if n != chosen[pass_name]]
+        for name in others:
+            reasons = BACKENDS[name].reasons(pcall, forced=forced == name)
+            lines.append(f"  {pass_name} {name}: " + ("; ".join(reasons) if reasons else "could run it (lower priority)"))
     return "\n".join(lines)

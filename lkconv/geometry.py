@@ -73,6 +73,7 @@ class ConvCall:
     device: torch.device
     dtype: torch.dtype
     channels_last: bool
+    pass_name: str = "forward"  # which op asks: "forward", "backward_input" or "backward_weight"
 
     @property
     def out_h(self) -> int:

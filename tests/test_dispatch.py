@@ -30,12 +30,22 @@ def test_cpu_calls_run_on_the_cpu_kernels_unforced():
 def test_explain_names_the_choice_and_every_refusal():
     x, w = torch.randn(1, 4, 16, 16), torch.randn(4, 1, 7, 7)
     text = lkconv.explain(x, w, stride=2, padding=3)
-    assert "runs on: torch" in text
+    assert "runs on: forward -> torch, backward_input -> torch, backward_weight -> torch" in text
     assert "stride" in text  # why cpu refused
     for name in ("cpu", "cuda", "triton"):
-        assert f"  {name}:" in text
+        assert f"  forward {name}:" in text
     text = lkconv.explain(x, w, padding=3)
-    assert "runs on: cpu" in text
+    assert "runs on: forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in text
+
+
+def test_measured_cpu_rule_per_pass():
+    """channels_last with k <= 7: oneDNN for forward/backward-input, lkconv's kernel for the weight gradient."""
+    x = torch.randn(1, 4, 16, 16).contiguous(memory_format=torch.channels_last)
+    text = lkconv.explain(x, torch.randn(4, 1, 7, 7), padding=3)
+    assert "forward -> torch, backward_input -> torch, backward_weight -> cpu" in text
+    assert "oneDNN" in text
+    text = lkconv.explain(x, torch.randn(4, 1, 13, 13), padding=6)
+    assert "forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in text
 
 
 def test_use_backend_forces_and_restores():

@@ -19,6 +19,17 @@ class CpuBackend(Backend):
     def refusals(self, call):
         return common_refusals(call, ("cpu",), DTYPES)
 
+    def auto_refusals(self, call):
+        # Measured rule (bench/results/cpu-kernels.json, N=4 C=128 56x56): for channels_last float32 inputs
+        # with kernels up to 7x7, oneDNN's channels_last forward and backward-input beat these kernels
+        # (about 1.8x and 2x), whose channels_last gathers dominate at such small kernels; from 13x13 up
+        # these kernels are as fast or faster. The weight gradient stays here at every size (>= 3x faster).
+        if (call.channels_last and call.pass_name in ("forward", "backward_input") and max(call.kh, call.kw) <= 7
+                and call.dtype == torch.float32 and call.unit_stride_dilation):
+            return ["oneDNN (torch backend) is faster for channels_last forward/backward-input with k <= 7 on "
+                    "the CPU (measured, bench/results/cpu-kernels.json)"]
+        return []
+
     def forward(self, input, weight, bias, call):
         return _ext._C.cpu_forward(input, weight, bias, list(call.padding), call.channels_last)
 
