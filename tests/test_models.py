@@ -204,3 +204,18 @@ def test_dense_backbone_out_indices():
     model = M.RepLKNet(**{**TINY, "num_classes": None}, out_indices=(0, 2), norm_intermediate_features=True)
     feats = model(torch.randn(1, 3, 64, 64))
     assert [f.shape[1] for f in feats] == [8, 24]
+
+
+def test_decomposed_kernel_reparam():
+    torch.manual_seed(0)
+    block = M.DecomposedLargeKernelConv(6, kernel_size=13, small_kernel=3).eval()
+    _randomise_bn(block)
+    assert block.lkb_tall.conv.kernel_size == (13, 3) and isinstance(block.lkb_tall.conv, LKConv2d)
+    x = torch.randn(2, 6, 20, 17)
+    with torch.no_grad():
+        before = block(x)
+        merged = M.reparameterize_model(block)
+        after = merged(x)
+    assert merged.lkb_reparam.kernel_size == (13, 13) and not hasattr(merged, "lkb_tall")
+    assert ((after - before).norm() / before.norm()).item() <= 1e-5
+    merged.merge_kernel()  # idempotent

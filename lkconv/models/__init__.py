@@ -5,12 +5,14 @@ kernel-size family `convnext_tiny_k{3,7,13,31,51}` with timm.
 """
 
 from .checkpoint import load_checkpoint, unwrap_state_dict
+from .decomposed import DecomposedLargeKernelConv
 from .registry import ABLATION_KERNELS, ablation_model_names, create_model
 from .replknet import ConvFFN, RepLKBlock, RepLKNet, ReparamLargeKernelConv, reparameterize_model
 
 __all__ = [
     "ABLATION_KERNELS",
     "ConvFFN",
+    "DecomposedLargeKernelConv",
     "RepLKBlock",
     "RepLKNet",
     "ReparamLargeKernelConv",

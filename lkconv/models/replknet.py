@@ -320,12 +320,13 @@ def _take_indices(num_stages: int, indices) -> List[int]:
 
 
 def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Merge every ReparamLargeKernelConv of `model` (a copy unless inplace)."""
+    """Merge every re-parameterisable large-kernel module of `model` (anything with `merge_kernel()`:
+    ReparamLargeKernelConv, DecomposedLargeKernelConv); a copy unless inplace."""
     import copy
 
     if not inplace:
         model = copy.deepcopy(model)
-    for m in model.modules():
-        if isinstance(m, ReparamLargeKernelConv):
+    for m in list(model.modules()):
+        if hasattr(m, "merge_kernel"):
             m.merge_kernel()
     return model
