@@ -75,7 +75,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             cfg = EvalConfig(args.model, args.checkpoint, device, args.batch_size, args.workers, args.amp,
                              args.channels_last, args.limit)
             written = Evaluator(cfg).run(dict(args.bench), args.out)
-            print(f"{len(written)} split(s) evaluated; results in {args.out}")
+            if not (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):
+                print(f"{len(written)} split(s) evaluated; results in {args.out}")
         elif args.command == "report":
             from .report import plot, table
 

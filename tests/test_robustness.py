@@ -145,6 +145,19 @@ def test_interrupted_run_resumes_with_identical_results(tmp_path, datasets, chec
     assert not [f for _, _, fs in os.walk(out) for f in fs if f.startswith(".tmp-")]
 
 
+def test_torchrun_data_parallel_matches_single_process(tmp_path, datasets, checkpoint):
+    """Two ranks (gloo on the CPU) shard each split; rank 0 writes the same results as one process."""
+    benches = ["imagenet-val", "imagenet-9"]
+    single = tmp_path / "single"
+    assert subprocess.run(_eval(single, datasets, checkpoint, benches), capture_output=True).returncode == 0
+    multi = tmp_path / "multi"
+    args = _eval(multi, datasets, checkpoint, benches)
+    args[1:3] = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "robustness"]
+    run = subprocess.run(args, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _results(multi) == _results(single)
+
+
 def test_cli_errors_are_clear(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "robustness", "eval", "--model", "test_convnext", "--out",
                           str(tmp_path), "--bench", f"imagenet-c={tmp_path / 'nope'}"], capture_output=True, text=True)
