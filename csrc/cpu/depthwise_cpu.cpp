@@ -48,26 +48,23 @@ struct Planes {
   int64_t count, rows, cols, plane_stride, row_stride, col_stride;
 };
 
-// dst[g][r][c] = src[g][r - top][c - left] inside the planes, zero elsewhere; each dst plane is rows x cols
-// with row stride ds, planes dp apart.
+// dst[g][r][c] = src[g][r - top][c - left] for the image rows r in [top, top + src.rows), with zero columns
+// left and right of the image; each dst plane is rows x cols with row stride ds, planes dp apart. Rows above
+// and below the image (pure padding) are not written: the plane cores skip them (row_lo/row_hi), which for
+// small maps under large kernels saves most of the work.
 template <typename S, typename T>
 void gather(const Planes<S>& src, int64_t top, int64_t left, T* dst, int64_t dp, int64_t rows, int64_t cols,
             int64_t ds) {
   const int64_t c0 = std::clamp<int64_t>(left, 0, cols);
   const int64_t c1 = std::clamp<int64_t>(left + src.cols, c0, cols);
+  const int64_t r0 = std::clamp<int64_t>(top, 0, rows), r1 = std::clamp<int64_t>(top + src.rows, r0, rows);
   for (int64_t g = 0; g < src.count; ++g) {
-    for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t r = r0; r < r1; ++r) {
       T* d = dst + g * dp + r * ds;
-      const int64_t sr = r - top;
-      if (sr < 0 || sr >= src.rows) {
-        std::fill(d, d + cols, T(0));
-      } else {
-        std::fill(d, d + c0, T(0));
-        std::fill(d + c1, d + cols, T(0));
-      }
+      std::fill(d, d + c0, T(0));
+      std::fill(d + c1, d + cols, T(0));
     }
   }
-  const int64_t r0 = std::max<int64_t>(top, 0), r1 = std::min<int64_t>(top + src.rows, rows);
   for (int64_t r = r0; r < r1; ++r) {
     const S* s = src.data + (r - top) * src.row_stride + (c0 - left) * src.col_stride;
     T* d = dst + r * ds;
@@ -148,6 +145,9 @@ void correlate_all(const at::Tensor& src, const at::Tensor& filter, const S* bia
 
   const int64_t G = std::min(C, channel_group(src));
   const int64_t groups = (C + G - 1) / G;
+  // Buffer rows that hold image rows; the others are padding.
+  const int64_t row_lo = std::clamp<int64_t>(top - ti.lo, 0, buf_rows);
+  const int64_t row_hi = std::clamp<int64_t>(top - ti.lo + H, row_lo, buf_rows);
   const int64_t src_plane = buf_rows * buf_cols, out_plane = (round_up(OH, 4) + kSlack) * out_cols;
   at::parallel_for(0, N * groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> sbuf(ti.empty() || tj.empty() ? 0 : G * src_plane);
@@ -172,7 +172,7 @@ void correlate_all(const at::Tensor& src, const at::Tensor& filter, const S* bia
             }
           correlate(sbuf.data() + g * src_plane, buf_cols, wbuf.data(), static_cast<int>(khc),
                     static_cast<int>(kwc), obuf.data() + g * out_plane, out_cols, static_cast<int>(OH),
-                    static_cast<int>(OW));
+                    static_cast<int>(OW), static_cast<int>(row_lo), static_cast<int>(row_hi));
         }
       }
       scatter(obuf.data(), out_plane, out_cols, o, g_count, os[1], OH, OW, os[2], os[3], bbuf.data());
@@ -206,6 +206,8 @@ void weight_grad(const at::Tensor& grad_out, const at::Tensor& input, at::Tensor
   const int64_t chunks = std::min<int64_t>(N, std::max<int64_t>(1, (16 + groups - 1) / groups));
   std::vector<double> partial(C * chunks * khc * kwc, 0.0);
   const int64_t src_plane = src_rows * src_cols, g_plane = OH * g_cols;
+  const int64_t row_lo = std::clamp<int64_t>(top - ti.lo, 0, src_rows);
+  const int64_t row_hi = std::clamp<int64_t>(top - ti.lo + H, row_lo, src_rows);
 
   at::parallel_for(0, groups * chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> sbuf(G * src_plane), gbuf(G * g_plane), res(res_rows * res_cols);
@@ -220,7 +222,8 @@ void weight_grad(const at::Tensor& grad_out, const at::Tensor& input, at::Tensor
         gather(g, 0, 0, gbuf.data(), g_plane, OH, g_cols, g_cols);
         for (int64_t k = 0; k < g_count; ++k) {
           wgrad(sbuf.data() + k * src_plane, src_cols, gbuf.data() + k * g_plane, g_cols, static_cast<int>(OH),
-                static_cast<int>(OW), static_cast<int>(khc), static_cast<int>(kwc), res.data(), res_cols);
+                static_cast<int>(OW), static_cast<int>(khc), static_cast<int>(kwc), res.data(), res_cols,
+                static_cast<int>(row_lo), static_cast<int>(row_hi));
           // Per-plane sums in the compute type, the batch reduction in double.
           double* acc = partial.data() + ((c0 + k) * chunks + chunk) * khc * kwc;
           for (int64_t i = 0; i < khc; ++i)

@@ -84,8 +84,9 @@ static inline void fwd_row(const T* srow, const T* const* wrow, const bool* vali
 }
 
 // out[r][x] = sum_{i<kh, j<kw} w[i][j] * src[r + i][x + j] for r < R, x < NV * L + NH * L / 2.
+// Rows of src outside [rlo, rhi) are zero (padding) and are skipped.
 template <typename T, int R, int NV, int NH>
-static void fwd_block(const T* src, int64_t ss, const T* w, int kh, int kw, T* out, int64_t os) {
+static void fwd_block(const T* src, int64_t ss, const T* w, int kh, int kw, T* out, int64_t os, int rlo, int rhi) {
   using V = typename Vec<T>::type;
   using H = typename HalfVec<T>::type;
   constexpr int L = Vec<T>::kLanes;
@@ -97,7 +98,8 @@ static void fwd_block(const T* src, int64_t ss, const T* w, int kh, int kw, T* o
   }
   const T* wrow[R];
   bool valid[R];
-  for (int t = 0; t < R + kh - 1; ++t) {
+  const int t_end = std::min(R + kh - 1, rhi);
+  for (int t = std::max(0, rlo); t < t_end; ++t) {
     bool all = true;
     for (int r = 0; r < R; ++r) {
       const int i = t - r;
@@ -119,14 +121,15 @@ static void fwd_block(const T* src, int64_t ss, const T* w, int kh, int kw, T* o
 }
 
 template <typename T, int R>
-static void fwd_rows(const T* src, int64_t ss, const T* w, int kh, int kw, T* out, int64_t os, int ow) {
+static void fwd_rows(const T* src, int64_t ss, const T* w, int kh, int kw, T* out, int64_t os, int ow, int rlo,
+                     int rhi) {
   constexpr int L = Vec<T>::kLanes, HL = L / 2;
   constexpr int W = kMaxColVecs * L;
   int x0 = 0;
-  for (; x0 + W <= ow; x0 += W) fwd_block<T, R, kMaxColVecs, 0>(src + x0, ss, w, kh, kw, out + x0, os);
+  for (; x0 + W <= ow; x0 += W) fwd_block<T, R, kMaxColVecs, 0>(src + x0, ss, w, kh, kw, out + x0, os, rlo, rhi);
   // The rest in half vectors: 1 .. 2 * kMaxColVecs of them.
   const int halves = (ow - x0 + HL - 1) / HL;
-#define LKCONV_FWD_TAIL(NV, NH) fwd_block<T, R, NV, NH>(src + x0, ss, w, kh, kw, out + x0, os)
+#define LKCONV_FWD_TAIL(NV, NH) fwd_block<T, R, NV, NH>(src + x0, ss, w, kh, kw, out + x0, os, rlo, rhi)
   switch (halves) {
     case 0: break;
     case 1: LKCONV_FWD_TAIL(0, 1); break;
@@ -147,18 +150,20 @@ static void fwd_rows(const T* src, int64_t ss, const T* w, int kh, int kw, T* ou
 }
 
 // Valid correlation of one padded plane: out[y][x] = sum_{i,j} w[i][j] * src[y + i][x + j], y < oh, x < ow.
+// Only rows [rlo, rhi) of src may be non-zero (the rest is padding, skipped: small maps under large kernels
+// are mostly padding).
 // The caller provides src with at least round_up(oh, 4) + kh - 1 rows and round_up(ow, L) + kw - 1 columns,
 // and out with round_up(oh, 4) rows of round_up(ow, L) columns (the extra outputs are scratch).
 template <typename T>
 static void correlate_plane(const T* src, int64_t ss, const T* w, int kh, int kw, T* out, int64_t os, int oh,
-                            int ow) {
+                            int ow, int rlo, int rhi) {
   // Taller row blocks reuse each loaded input vector across more outputs; short filters would mostly run
   // the partial-row path, so they get shorter blocks.
   int y = 0;
   if (kh >= 4)
-    for (; y + 4 <= oh; y += 4) fwd_rows<T, 4>(src + y * ss, ss, w, kh, kw, out + y * os, os, ow);
-  for (; y + 2 <= oh; y += 2) fwd_rows<T, 2>(src + y * ss, ss, w, kh, kw, out + y * os, os, ow);
-  for (; y < oh; ++y) fwd_rows<T, 1>(src + y * ss, ss, w, kh, kw, out + y * os, os, ow);
+    for (; y + 4 <= oh; y += 4) fwd_rows<T, 4>(src + y * ss, ss, w, kh, kw, out + y * os, os, ow, rlo - y, rhi - y);
+  for (; y + 2 <= oh; y += 2) fwd_rows<T, 2>(src + y * ss, ss, w, kh, kw, out + y * os, os, ow, rlo - y, rhi - y);
+  for (; y < oh; ++y) fwd_rows<T, 1>(src + y * ss, ss, w, kh, kw, out + y * os, os, ow, rlo - y, rhi - y);
 }
 
 // Input row t meets gradient row y = t - ii for each filter row ii of the block: the J input vectors loaded
@@ -192,7 +197,8 @@ static inline void wgrad_row(const T* srow, const T* const* grow, const bool* va
 
 // acc[ii][jj] = sum_{y<oh, x<ow} g[y][x] * src[y + ii][x + jj]  for an I x J block of taps.
 template <typename T, int I, int J>
-static void wgrad_block(const T* src, int64_t ss, const T* g, int64_t gs, int oh, int ow, T* res, int64_t rs) {
+static void wgrad_block(const T* src, int64_t ss, const T* g, int64_t gs, int oh, int ow, T* res, int64_t rs,
+                        int rlo, int rhi) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   V acc[I][J];
@@ -206,7 +212,8 @@ static void wgrad_block(const T* src, int64_t ss, const T* g, int64_t gs, int oh
   const M in_tail = lane < static_cast<typename Mask<T>::lane_t>(tail);
   const T* grow[I];
   bool valid[I];
-  for (int t = 0; t < oh + I - 1; ++t) {
+  const int t_end = std::min(oh + I - 1, rhi);
+  for (int t = std::max(0, rlo); t < t_end; ++t) {  // zero (padding) rows of src contribute nothing
     bool all = true;
     for (int i = 0; i < I; ++i) {
       const int y = t - i;
@@ -230,26 +237,27 @@ static void wgrad_block(const T* src, int64_t ss, const T* g, int64_t gs, int oh
     }
 }
 
-// res[i][j] = sum_{y<oh, x<ow} g[y][x] * src[y + i][x + j] for i < kh, j < kw (res row stride rs).
+// res[i][j] = sum_{y<oh, x<ow} g[y][x] * src[y + i][x + j] for i < kh, j < kw (res row stride rs); only rows
+// [rlo, rhi) of src may be non-zero.
 // g needs round_up(ow, L) readable columns per row; src needs oh + round_up(kh, 4) - 1 rows and
 // round_up(ow, L) + kw - 1 columns; res needs round_up(kh, 4) rows of kw columns.
 template <typename T>
 static void wgrad_plane(const T* src, int64_t ss, const T* g, int64_t gs, int oh, int ow, int kh, int kw, T* res,
-                        int64_t rs) {
+                        int64_t rs, int rlo, int rhi) {
   constexpr int I = kWgradRows, J = kWgradCols;
   for (int i0 = 0; i0 < kh; i0 += I) {
     const T* s = src + i0 * ss;
     T* r = res + i0 * rs;
     int j0 = 0;
-    for (; j0 + J <= kw; j0 += J) wgrad_block<T, I, J>(s + j0, ss, g, gs, oh, ow, r + j0, rs);
+    for (; j0 + J <= kw; j0 += J) wgrad_block<T, I, J>(s + j0, ss, g, gs, oh, ow, r + j0, rs, rlo - i0, rhi - i0);
     // A narrower last block instead of wasted taps: small kernels would otherwise do up to 6x the work.
     switch (kw - j0) {
       case 0: break;
-      case 1: wgrad_block<T, I, 1>(s + j0, ss, g, gs, oh, ow, r + j0, rs); break;
-      case 2: wgrad_block<T, I, 2>(s + j0, ss, g, gs, oh, ow, r + j0, rs); break;
-      case 3: wgrad_block<T, I, 3>(s + j0, ss, g, gs, oh, ow, r + j0, rs); break;
-      case 4: wgrad_block<T, I, 4>(s + j0, ss, g, gs, oh, ow, r + j0, rs); break;
-      default: wgrad_block<T, I, 5>(s + j0, ss, g, gs, oh, ow, r + j0, rs); break;
+      case 1: wgrad_block<T, I, 1>(s + j0, ss, g, gs, oh, ow, r + j0, rs, rlo - i0, rhi - i0); break;
+      case 2: wgrad_block<T, I, 2>(s + j0, ss, g, gs, oh, ow, r + j0, rs, rlo - i0, rhi - i0); break;
+      case 3: wgrad_block<T, I, 3>(s + j0, ss, g, gs, oh, ow, r + j0, rs, rlo - i0, rhi - i0); break;
+      case 4: wgrad_block<T, I, 4>(s + j0, ss, g, gs, oh, ow, r + j0, rs, rlo - i0, rhi - i0); break;
+      default: wgrad_block<T, I, 5>(s + j0, ss, g, gs, oh, ow, r + j0, rs, rlo - i0, rhi - i0); break;
     }
   }
 }

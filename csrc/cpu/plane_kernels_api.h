@@ -7,10 +7,10 @@ namespace cpu {
 
 template <typename T>
 using CorrelateFn = void (*)(const T* src, int64_t src_stride, const T* w, int kh, int kw, T* out,
-                             int64_t out_stride, int oh, int ow);
+                             int64_t out_stride, int oh, int ow, int row_lo, int row_hi);
 template <typename T>
 using WgradFn = void (*)(const T* src, int64_t src_stride, const T* g, int64_t g_stride, int oh, int ow, int kh,
-                         int kw, T* res, int64_t res_stride);
+                         int kw, T* res, int64_t res_stride, int row_lo, int row_hi);
 
 struct PlaneKernels {
   const char* isa;

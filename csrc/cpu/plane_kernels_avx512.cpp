@@ -1,4 +1,5 @@
 // The plane cores compiled for avx512 (64-byte vectors); see plane_kernels.h.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
