@@ -62,7 +62,8 @@ def _order(call: ConvCall) -> List[str]:
 def _cuda_order(call: ConvCall) -> List[str]:
     # The rule must come from measurements on a GPU (bench/results/), and none exist yet. Until then
     # correctness decides: the Triton kernels are verified in CI (interpreter), the CUDA kernels are only
-    # compiled there, so Triton goes first and the CUDA kernels are opt-in (use_backend("cuda")).
+    # compiled there, so Triton goes first; the CUDA kernels run when forced (use_backend("cuda")) or when
+    # Triton cannot run a call.
     return ["triton", "cuda", "torch"]
 
 

@@ -40,6 +40,12 @@ def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     """
     unbatched = isinstance(input, torch.Tensor) and input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
+    if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and torch.is_autocast_enabled(
+            x.device.type) and x.is_floating_point() and x.dtype != torch.float64:
+        # Follow F.conv2d under autocast: floating operands other than float64 run in the autocast dtype.
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if isinstance(bias, torch.Tensor) else bias
     try:
         call = plan(x, weight, bias, stride, padding, dilation)
     except UnplannableCall as exc:
@@ -49,12 +55,5 @@ def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
             raise BackendNotSupportedError(forced, [str(exc)]) from None
         return out
 
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
-        # Follow F.conv2d under autocast: float32/float16/bfloat16 operands run in the autocast dtype
-        # (float64 is left alone, as autocast does).
-        dtype = torch.get_autocast_dtype(device_type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
     out = ops.depthwise_conv2d_fwd(x, weight, bias, list(call.padding), list(call.stride), list(call.dilation))
     return out.squeeze(0) if unbatched else out
