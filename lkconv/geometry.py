@@ -103,12 +103,6 @@ class ConvCall:
             self.w, self.kw, self.padding[2], self.stride[1], self.dilation[1], self.out_w)
 
 
-def describe(input: torch.Tensor, weight: torch.Tensor, stride: IntPair = 1, padding: Padding = 0,
-             dilation: IntPair = 1) -> ConvCall:
-    """The ConvCall for `F.conv2d(input, weight, stride=..., padding=..., dilation=..., groups=C)`."""
-    return _describe(input, weight, stride, padding, dilation)
-
-
 def plan(input, weight, bias: Optional[torch.Tensor], stride: IntPair, padding: Padding,
          dilation: IntPair) -> ConvCall:
     """Validate a call for the lkconv op; raises UnplannableCall for anything the op does not take."""
@@ -121,10 +115,13 @@ def plan(input, weight, bias: Optional[torch.Tensor], stride: IntPair, padding: 
             raise UnplannableCall(f"bias must have shape (C,), got {tuple(bias.shape)}")
         if bias.dtype != input.dtype or bias.device != input.device:
             raise UnplannableCall("bias dtype/device differ from the input's")
-    return _describe(input, weight, stride, padding, dilation)
+    return describe(input, weight, stride, padding, dilation)
 
 
-def _describe(input, weight, stride, padding, dilation) -> ConvCall:
+def describe(input: torch.Tensor, weight: torch.Tensor, stride: IntPair = 1, padding: Padding = 0,
+             dilation: IntPair = 1) -> ConvCall:
+    """The ConvCall for `F.conv2d(input, weight, stride=..., padding=..., dilation=..., groups=C)`; raises
+    UnplannableCall for anything the lkconv op does not take."""
     if input.dim() != 4:
         raise UnplannableCall(f"input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}")
     n, c, h, w = input.shape
@@ -144,14 +141,10 @@ def _describe(input, weight, stride, padding, dilation) -> ConvCall:
         raise UnplannableCall("stride and dilation must be positive")
     pads = resolve_padding(padding, (kh, kw), st, dil)
     call = ConvCall(int(n), int(c), int(h), int(w), kh, kw, pads, st, dil, input.device, input.dtype,
-                    _is_channels_last(input))
+                    is_channels_last(input))
     if call.out_h <= 0 or call.out_w <= 0:
         raise UnplannableCall("the output would be empty (kernel larger than the padded input)")
     return call
-
-
-def _is_channels_last(t: torch.Tensor) -> bool:
-    return is_channels_last(t)
 
 
 def is_channels_last(t: torch.Tensor) -> bool:

@@ -21,9 +21,6 @@ def _call(x_shape, kernel, padding, stride, dilation, device, dtype, channels_la
                     dtype, channels_last, pass_name)
 
 
-_channels_last = is_channels_last
-
-
 def _empty(shape, like: torch.Tensor, fmt_of: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format_of(fmt_of))
 
@@ -38,7 +35,7 @@ def _out_hw(h, w, kh, kw, padding, stride, dilation):
 def depthwise_conv2d_fwd(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                          padding: List[int], stride: List[int], dilation: List[int]) -> torch.Tensor:
     call = _call(input.shape, weight.shape[2:], padding, stride, dilation, input.device, input.dtype,
-                 _channels_last(input), "forward")
+                 is_channels_last(input), "forward")
     return dispatch.select(call).forward(input, weight, bias, call)
 
 
@@ -55,7 +52,7 @@ def depthwise_conv2d_bwd_input(grad_out: torch.Tensor, weight: torch.Tensor, inp
                                padding: List[int], stride: List[int], dilation: List[int]) -> torch.Tensor:
     n, c = grad_out.shape[:2]
     call = _call((n, c, input_hw[0], input_hw[1]), weight.shape[2:], padding, stride, dilation, grad_out.device,
-                 grad_out.dtype, _channels_last(grad_out), "backward_input")
+                 grad_out.dtype, is_channels_last(grad_out), "backward_input")
     return dispatch.select(call).backward_input(grad_out, weight, call)
 
 
@@ -69,7 +66,7 @@ def _(grad_out, weight, input_hw, padding, stride, dilation):
 def depthwise_conv2d_bwd_weight(grad_out: torch.Tensor, input: torch.Tensor, kernel_hw: List[int],
                                 padding: List[int], stride: List[int], dilation: List[int]) -> torch.Tensor:
     call = _call(input.shape, kernel_hw, padding, stride, dilation, input.device, input.dtype,
-                 _channels_last(input), "backward_weight")
+                 is_channels_last(input), "backward_weight")
     return dispatch.select(call).backward_weight(grad_out, input, call)
 
 

@@ -133,6 +133,6 @@ def corrupt_folder(src: str, dst: str, corruptions: Optional[Sequence[str]] = No
             continue
         np.random.seed(seed + severity)  # the library draws from numpy's global generator
         result = Image.fromarray(corrupt_image(image, corruption, severity))
-        _atomic(out, lambda tmp: result.save(tmp, format="PNG"))
+        _atomic(out, lambda tmp, image=result: image.save(tmp, format="PNG"))
         counts["written"] += 1
     return counts

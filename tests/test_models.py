@@ -5,7 +5,6 @@ import torch
 
 timm = pytest.importorskip("timm")
 
-import lkconv  # noqa: E402
 import lkconv.models as M  # noqa: E402
 from lkconv import LKConv2d  # noqa: E402
 

@@ -2,10 +2,8 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-import lkconv
 from lkconv import LKConv2d, convert_model
 
 
