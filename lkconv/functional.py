@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import dispatch, ops
+from . import autograd, dispatch
 from .backends import BackendNotSupportedError
 from .geometry import IntPair, Padding, UnplannableCall, plan
 
@@ -17,6 +17,10 @@ def depthwise_conv2d_reference(input: torch.Tensor, weight: torch.Tensor, bias: 
     """`F.conv2d(..., groups=C)`: what `depthwise_conv2d` must equal."""
     groups = input.shape[-3] if isinstance(input, torch.Tensor) and input.dim() >= 3 else 1
     return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def _exporting_to_onnx() -> bool:
+    return torch.onnx.is_in_onnx_export()
 
 
 def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -40,8 +44,9 @@ def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     """
     unbatched = isinstance(input, torch.Tensor) and input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and torch.is_autocast_enabled(
-            x.device.type) and x.is_floating_point() and x.dtype != torch.float64:
+    if (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)
+            and torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type)
+            and x.is_floating_point() and x.dtype != torch.float64):
         # Follow F.conv2d under autocast: floating operands other than float64 run in the autocast dtype.
         dtype = torch.get_autocast_dtype(x.device.type)
         x, weight = x.to(dtype), weight.to(dtype)
@@ -55,5 +60,10 @@ def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
             raise BackendNotSupportedError(forced, [str(exc)]) from None
         return out
 
-    out = ops.depthwise_conv2d_fwd(x, weight, bias, list(call.padding), list(call.stride), list(call.dilation))
+    if _exporting_to_onnx():
+        # ONNX has a standard grouped Conv; the exporter writes F.conv2d as that (the custom op has no ONNX form).
+        out = depthwise_conv2d_reference(x, weight, bias, stride, padding, dilation)
+    else:
+        out = autograd.depthwise_conv2d(x, weight, bias, list(call.padding), list(call.stride),
+                                        list(call.dilation))
     return out.squeeze(0) if unbatched else out

@@ -1,6 +1,8 @@
 """The `lkconv::` custom ops: forward, backward-input, backward-weight, with fake implementations (for
-torch.compile and meta tensors) and autograd. Backend choice happens inside the ops, at run time, so eager
-and compiled code run the same kernels and `use_backend` works in both.
+torch.compile and meta tensors), vmap batching rules, and autograd (see `autograd.py`, whose Functions the
+public API uses). Backend choice happens inside the ops, at run time, so eager and compiled code run the same
+kernels and `use_backend` works in both. The non-finite rule of `nonfinite.py` is applied here, once, for
+every backend.
 
 Padding is (top, bottom, left, right); stride and dilation are pairs. Tensors may have any strides.
 """
@@ -11,7 +13,7 @@ from typing import List, Optional
 
 import torch
 
-from . import dispatch
+from . import dispatch, nonfinite
 from .geometry import ConvCall, is_channels_last, memory_format_of, output_size
 
 
@@ -36,7 +38,9 @@ def depthwise_conv2d_fwd(input: torch.Tensor, weight: torch.Tensor, bias: Option
                          padding: List[int], stride: List[int], dilation: List[int]) -> torch.Tensor:
     call = _call(input.shape, weight.shape[2:], padding, stride, dilation, input.device, input.dtype,
                  is_channels_last(input), "forward")
-    return dispatch.select(call).forward(input, weight, bias, call)
+    backend = dispatch.select(call)
+    return nonfinite.forward(lambda x, w, b: backend.forward(x, w, b, call), input, weight, bias, padding, stride,
+                             dilation)
 
 
 @depthwise_conv2d_fwd.register_fake
@@ -53,7 +57,9 @@ def depthwise_conv2d_bwd_input(grad_out: torch.Tensor, weight: torch.Tensor, inp
     n, c = grad_out.shape[:2]
     call = _call((n, c, input_hw[0], input_hw[1]), weight.shape[2:], padding, stride, dilation, grad_out.device,
                  grad_out.dtype, is_channels_last(grad_out), "backward_input")
-    return dispatch.select(call).backward_input(grad_out, weight, call)
+    backend = dispatch.select(call)
+    return nonfinite.backward_input(lambda g, w: backend.backward_input(g, w, call), grad_out, weight, input_hw,
+                                    padding, stride, dilation)
 
 
 @depthwise_conv2d_bwd_input.register_fake
@@ -67,7 +73,9 @@ def depthwise_conv2d_bwd_weight(grad_out: torch.Tensor, input: torch.Tensor, ker
                                 padding: List[int], stride: List[int], dilation: List[int]) -> torch.Tensor:
     call = _call(input.shape, kernel_hw, padding, stride, dilation, input.device, input.dtype,
                  is_channels_last(input), "backward_weight")
-    return dispatch.select(call).backward_weight(grad_out, input, call)
+    backend = dispatch.select(call)
+    return nonfinite.backward_weight(lambda g, x: backend.backward_weight(g, x, call), grad_out, input, kernel_hw,
+                                     padding, stride, dilation)
 
 
 @depthwise_conv2d_bwd_weight.register_fake
@@ -75,28 +83,59 @@ def _(grad_out, input, kernel_hw, padding, stride, dilation):
     return input.new_empty((input.shape[1], 1, kernel_hw[0], kernel_hw[1]))
 
 
-# ---- autograd --------------------------------------------------------------------------------------------
-def _setup_context(ctx, inputs, output):
-    input, weight, bias, padding, stride, dilation = inputs
-    ctx.geometry = (list(padding), list(stride), list(dilation))
-    ctx.input_hw = list(input.shape[2:])
-    ctx.kernel_hw = list(weight.shape[2:])
-    ctx.has_bias = bias is not None
-    # Each gradient needs only the other operand: save what the requested gradients use.
-    ctx.save_for_backward(input if weight.requires_grad else None, weight if input.requires_grad else None)
+# ---- vmap ------------------------------------------------------------------------------------------------
+# A vmapped batch dimension of the activations joins the batch (N); one of the weight (or of both operands of
+# the weight gradient) joins the channels, so every rule is one call of the op on a larger tensor.
+def _moved(t: Optional[torch.Tensor], dim: Optional[int], size: int) -> Optional[torch.Tensor]:
+    """t with its vmapped dimension first (expanded to `size` when t is not batched)."""
+    if t is None:
+        return None
+    if dim is None:
+        return t.unsqueeze(0).expand(size, *t.shape)
+    return t.movedim(dim, 0)
 
 
-def _backward(ctx, grad_out):
-    input, weight = ctx.saved_tensors
-    padding, stride, dilation = ctx.geometry
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = depthwise_conv2d_bwd_input(grad_out, weight, ctx.input_hw, padding, stride, dilation)
-    if ctx.needs_input_grad[1]:
-        grad_weight = depthwise_conv2d_bwd_weight(grad_out, input, ctx.kernel_hw, padding, stride, dilation)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_bias = grad_out.sum(dim=(0, 2, 3))
-    return grad_input, grad_weight, grad_bias, None, None, None
+def _into_channels(t: torch.Tensor) -> torch.Tensor:
+    """(B, N, C, H, W) -> (N, B*C, H, W)."""
+    b, n, c = t.shape[:3]
+    return t.transpose(0, 1).reshape(n, b * c, *t.shape[3:])
 
 
-torch.library.register_autograd("lkconv::depthwise_conv2d_fwd", _backward, setup_context=_setup_context)
+def _from_channels(t: torch.Tensor, b: int) -> torch.Tensor:
+    """(N, B*C, H, W) -> (N, B, C, H, W)."""
+    return t.unflatten(1, (b, -1))
+
+
+@depthwise_conv2d_fwd.register_vmap
+def _(info, in_dims, input, weight, bias, padding, stride, dilation):
+    b = info.batch_size
+    x_dim, w_dim, b_dim = in_dims[:3]
+    if w_dim is None and b_dim is None:
+        out = depthwise_conv2d_fwd(_moved(input, x_dim, b).flatten(0, 1), weight, bias, padding, stride, dilation)
+        return out.unflatten(0, (b, -1)), 0
+    x = _into_channels(_moved(input, x_dim, b))
+    w = _moved(weight, w_dim, b).flatten(0, 1)
+    bias_ = _moved(bias, b_dim, b).flatten(0, 1) if bias is not None else None
+    return _from_channels(depthwise_conv2d_fwd(x, w, bias_, padding, stride, dilation), b), 1
+
+
+@depthwise_conv2d_bwd_input.register_vmap
+def _(info, in_dims, grad_out, weight, input_hw, padding, stride, dilation):
+    b = info.batch_size
+    g_dim, w_dim = in_dims[:2]
+    if w_dim is None:
+        g = _moved(grad_out, g_dim, b)
+        out = depthwise_conv2d_bwd_input(g.flatten(0, 1), weight, input_hw, padding, stride, dilation)
+        return out.unflatten(0, (b, -1)), 0
+    g = _into_channels(_moved(grad_out, g_dim, b))
+    w = _moved(weight, w_dim, b).flatten(0, 1)
+    return _from_channels(depthwise_conv2d_bwd_input(g, w, input_hw, padding, stride, dilation), b), 1
+
+
+@depthwise_conv2d_bwd_weight.register_vmap
+def _(info, in_dims, grad_out, input, kernel_hw, padding, stride, dilation):
+    b = info.batch_size
+    g = _into_channels(_moved(grad_out, in_dims[0], b))
+    x = _into_channels(_moved(input, in_dims[1], b))
+    out = depthwise_conv2d_bwd_weight(g, x, kernel_hw, padding, stride, dilation)
+    return out.unflatten(0, (b, -1)), 0

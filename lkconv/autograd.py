@@ -1,0 +1,228 @@
+"""Autograd of the depthwise convolution: one `autograd.Function` per op, each differentiable again.
+
+The three ops are bilinear, and each one's derivatives are the other ops:
+
+    y  = F(x, w)     = conv(x, w)          dF  = F(dx, w) + F(x, dw)
+    gx = I(gy, w)    = adjoint of F in x    dI  = I(dgy, w) + I(gy, dw)      I's adjoints: F(ggx, w), W(gy, ggx)
+    gw = W(gy, x)    = adjoint of F in w    dW  = W(dgy, x) + W(gy, dx)      W's adjoints: F(x, ggw), I(gy, ggw)
+
+so reverse mode to any order (double backward, Hessians), forward mode (`jvp`) and their mixtures all run on
+the same kernels. The Functions use `setup_context` and `generate_vmap_rule`, so `torch.func` transforms
+(grad, jacrev, jacfwd, hessian, vmap) compose with them; vmap reaches the ops' batching rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+
+from . import ops
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """padding (top, bottom, left, right), stride, dilation: one opaque argument of the Functions (functorch's
+    generated vmap rules treat list arguments as pytrees of tangent slots)."""
+
+    padding: Tuple[int, int, int, int]
+    stride: Tuple[int, int]
+    dilation: Tuple[int, int]
+
+    def args(self):
+        return list(self.padding), list(self.stride), list(self.dilation)
+
+
+def _add(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+class DepthwiseConv2d(torch.autograd.Function):
+    """y = conv(x, w) + b."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, weight, bias, geometry: Geometry):
+        return ops.depthwise_conv2d_fwd(input, weight, bias, *geometry.args())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, geometry = inputs
+        ctx.geometry = geometry
+        ctx.input_hw = _Shape.of(input)
+        ctx.kernel_hw = _Shape.of(weight)
+        ctx.has_bias = bias is not None
+        # Each gradient needs only the other operand: keep what the requested gradients use.
+        ctx.save_for_backward(input if weight.requires_grad else None, weight if input.requires_grad else None)
+        ctx.save_for_forward(input, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        input, weight = ctx.saved_tensors
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_input = DepthwiseConv2dBackwardInput.apply(grad_out, weight, ctx.input_hw, ctx.geometry)
+        if ctx.needs_input_grad[1]:
+            grad_weight = DepthwiseConv2dBackwardWeight.apply(grad_out, input, ctx.kernel_hw, ctx.geometry)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum(dim=(0, 2, 3))
+        return grad_input, grad_weight, grad_bias, None
+
+    @staticmethod
+    def jvp(ctx, d_input, d_weight, d_bias, *_):
+        input, weight = ctx.saved_tensors
+        out = None
+        if d_input is not None:
+            out = DepthwiseConv2d.apply(d_input, weight, None, ctx.geometry)
+        if d_weight is not None:
+            out = _add(out, DepthwiseConv2d.apply(input, d_weight, None, ctx.geometry))
+        if d_bias is not None:
+            db = d_bias.view(1, -1, 1, 1)
+            out = db.expand(input.shape[0], -1, *_out_hw(ctx, input, weight)) if out is None else out + db
+        return out
+
+
+def _out_hw(ctx, input, weight):
+    return ops._out_hw(input.shape[2], input.shape[3], weight.shape[2], weight.shape[3], *ctx.geometry.args())
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """(h, w) as one opaque argument (see Geometry)."""
+
+    hw: Tuple[int, int]
+
+    @staticmethod
+    def of(t: torch.Tensor) -> "_Shape":
+        return _Shape((int(t.shape[2]), int(t.shape[3])))
+
+
+class DepthwiseConv2dBackwardInput(torch.autograd.Function):
+    """gx = I(gy, w): the input gradient of conv(x, w) for output gradient gy."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_out, weight, input_hw: "_Shape", geometry: Geometry):
+        return ops.depthwise_conv2d_bwd_input(grad_out, weight, list(input_hw.hw), *geometry.args())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_out, weight, input_hw, geometry = inputs
+        ctx.geometry = geometry
+        ctx.input_hw = input_hw
+        ctx.kernel_hw = _Shape.of(weight)
+        ctx.save_for_backward(grad_out if weight.requires_grad else None, weight if grad_out.requires_grad else None)
+        ctx.save_for_forward(grad_out, weight)
+
+    @staticmethod
+    def backward(ctx, grad_grad_input):
+        grad_out, weight = ctx.saved_tensors
+        d_grad_out = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_grad_out = DepthwiseConv2d.apply(grad_grad_input, weight, None, ctx.geometry)
+        if ctx.needs_input_grad[1]:
+            d_weight = DepthwiseConv2dBackwardWeight.apply(grad_out, grad_grad_input, ctx.kernel_hw, ctx.geometry)
+        return d_grad_out, d_weight, None, None
+
+    @staticmethod
+    def jvp(ctx, d_grad_out, d_weight, *_):
+        grad_out, weight = ctx.saved_tensors
+        out = None
+        if d_grad_out is not None:
+            out = DepthwiseConv2dBackwardInput.apply(d_grad_out, weight, ctx.input_hw, ctx.geometry)
+        if d_weight is not None:
+            out = _add(out, DepthwiseConv2dBackwardInput.apply(grad_out, d_weight, ctx.input_hw, ctx.geometry))
+        return out
+
+
+class DepthwiseConv2dBackwardWeight(torch.autograd.Function):
+    """gw = W(gy, x): the weight gradient of conv(x, w) for output gradient gy."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_out, input, kernel_hw: "_Shape", geometry: Geometry):
+        return ops.depthwise_conv2d_bwd_weight(grad_out, input, list(kernel_hw.hw), *geometry.args())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_out, input, kernel_hw, geometry = inputs
+        ctx.geometry = geometry
+        ctx.input_hw = _Shape.of(input)
+        ctx.kernel_hw = kernel_hw
+        ctx.save_for_backward(grad_out if input.requires_grad else None, input if grad_out.requires_grad else None)
+        ctx.save_for_forward(grad_out, input)
+
+    @staticmethod
+    def backward(ctx, grad_grad_weight):
+        grad_out, input = ctx.saved_tensors
+        d_grad_out = d_input = None
+        if ctx.needs_input_grad[0]:
+            d_grad_out = DepthwiseConv2d.apply(input, grad_grad_weight, None, ctx.geometry)
+        if ctx.needs_input_grad[1]:
+            d_input = DepthwiseConv2dBackwardInput.apply(grad_out, grad_grad_weight, ctx.input_hw, ctx.geometry)
+        return d_grad_out, d_input, None, None
+
+    @staticmethod
+    def jvp(ctx, d_grad_out, d_input, *_):
+        grad_out, input = ctx.saved_tensors
+        out = None
+        if d_grad_out is not None:
+            out = DepthwiseConv2dBackwardWeight.apply(d_grad_out, input, ctx.kernel_hw, ctx.geometry)
+        if d_input is not None:
+            out = _add(out, DepthwiseConv2dBackwardWeight.apply(grad_out, d_input, ctx.kernel_hw, ctx.geometry))
+        return out
+
+
+def depthwise_conv2d(input, weight, bias, padding: List[int], stride: List[int], dilation: List[int]):
+    """The differentiable op (planned arguments: 4-D input, (top, bottom, left, right) padding).
+
+    Under torch.compile the op is called directly (its registered autograd is what AOTAutograd traces; Dynamo
+    cannot trace an autograd.Function with a custom jvp); in eager mode the Function, which also serves forward
+    mode and torch.func."""
+    if torch.compiler.is_compiling():
+        return ops.depthwise_conv2d_fwd(input, weight, bias, padding, stride, dilation)
+    return DepthwiseConv2d.apply(input, weight, bias, Geometry(tuple(padding), tuple(stride), tuple(dilation)))
+
+
+# ---- the same derivatives for callers of the ops themselves (torch.ops.lkconv.*) ---------------------------
+def _register_op_autograd():
+    def geometry(padding, stride, dilation) -> Geometry:
+        return Geometry(tuple(padding), tuple(stride), tuple(dilation))
+
+    def fwd_setup(ctx, inputs, output):
+        input, weight, bias, padding, stride, dilation = inputs
+        DepthwiseConv2d.setup_context(ctx, (input, weight, bias, geometry(padding, stride, dilation)), output)
+
+    def fwd_backward(ctx, grad_out):
+        return DepthwiseConv2d.backward(ctx, grad_out)[:3] + (None, None, None)
+
+    def bwd_input_setup(ctx, inputs, output):
+        grad_out, weight, input_hw, padding, stride, dilation = inputs
+        DepthwiseConv2dBackwardInput.setup_context(
+            ctx, (grad_out, weight, _Shape(tuple(input_hw)), geometry(padding, stride, dilation)), output)
+
+    def bwd_input_backward(ctx, grad):
+        return DepthwiseConv2dBackwardInput.backward(ctx, grad)[:2] + (None, None, None, None)
+
+    def bwd_weight_setup(ctx, inputs, output):
+        grad_out, input, kernel_hw, padding, stride, dilation = inputs
+        DepthwiseConv2dBackwardWeight.setup_context(
+            ctx, (grad_out, input, _Shape(tuple(kernel_hw)), geometry(padding, stride, dilation)), output)
+
+    def bwd_weight_backward(ctx, grad):
+        return DepthwiseConv2dBackwardWeight.backward(ctx, grad)[:2] + (None, None, None, None)
+
+    torch.library.register_autograd("lkconv::depthwise_conv2d_fwd", fwd_backward, setup_context=fwd_setup)
+    torch.library.register_autograd("lkconv::depthwise_conv2d_bwd_input", bwd_input_backward,
+                                    setup_context=bwd_input_setup)
+    torch.library.register_autograd("lkconv::depthwise_conv2d_bwd_weight", bwd_weight_backward,
+                                    setup_context=bwd_weight_setup)
+
+
+_register_op_autograd()
