@@ -1,4 +1,4 @@
-"""`convert_model`: swap the eligible depthwise convolutions of any model for LKConv2d."""
+"""`convert_model`: make the eligible depthwise convolutions of any model run on lkconv."""
 
 from __future__ import annotations
 
@@ -16,14 +16,17 @@ def is_eligible(module: nn.Module, min_kernel_size: int = 7) -> bool:
 
 
 def convert_model(model: nn.Module, min_kernel_size: int = 7, inplace: bool = True) -> nn.Module:
-    """Replace every depthwise `nn.Conv2d` whose largest kernel side is >= `min_kernel_size` by an `LKConv2d`
-    holding the same parameters. State-dict keys do not change. Returns the (possibly new) model."""
+    """Turn every depthwise `nn.Conv2d` whose largest kernel side is >= `min_kernel_size` into an `LKConv2d`.
+
+    The modules are converted in place (their class changes; LKConv2d adds no state), so everything attached
+    to them stays: parameters and the optimizers holding them, forward/pre-forward/backward and state-dict
+    hooks, and sharing (a conv used twice is still one module). State-dict keys do not change. With
+    `inplace=False` a deep copy is converted and the original is left alone. Returns the model."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert_model expects an nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
-    if is_eligible(model, min_kernel_size):
-        return LKConv2d.from_conv2d(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if is_eligible(child, min_kernel_size):
-                setattr(parent, name, LKConv2d.from_conv2d(child))
+    for module in model.modules():  # each module once, however often it is used
+        if is_eligible(module, min_kernel_size):
+            module.__class__ = LKConv2d
     return model

@@ -16,7 +16,7 @@ from typing import Dict, Iterator, List, Optional
 import torch
 
 from .backends import BACKENDS, Backend, BackendNotSupportedError
-from .geometry import ConvCall, Padding, IntPair, describe
+from .geometry import ConvCall, IntPair, Padding, UnplannableCall, describe
 
 ENV_VAR = "LKCONV_BACKEND"
 PASSES = ("forward", "backward_input", "backward_weight")
@@ -43,7 +43,14 @@ def forced_backend() -> Optional[str]:
 def use_backend(name: str) -> Iterator[None]:
     """Run every lkconv call inside the block on backend `name` ("cpu", "cuda", "triton", "torch", or "auto").
 
-    A call that backend cannot run raises BackendNotSupportedError instead of falling back."""
+    A call that backend cannot run raises BackendNotSupportedError instead of falling back.
+
+    The backend is chosen when the ops run, so wrap the call of a torch.compile'd function (`with
+    use_backend("cpu"): compiled(x)`), not code inside it: Dynamo cannot trace the context variable."""
+    if torch.compiler.is_compiling():
+        raise RuntimeError(
+            "lkconv.use_backend cannot be entered inside a torch.compile'd region; wrap the call of the compiled "
+            "function instead (`with lkconv.use_backend(...): compiled(x)`) or set LKCONV_BACKEND")
     if name != "auto":
         _check_name(name)
     token = _forced.set(name)
@@ -91,8 +98,17 @@ def explain(input: torch.Tensor, weight: torch.Tensor, stride: IntPair = 1, padd
             dilation: IntPair = 1) -> str:
     """Which backend runs `depthwise_conv2d(input, weight, stride=..., padding=..., dilation=...)` and why each
     other backend refuses it."""
-    call = describe(input, weight, stride, padding, dilation)
+    if isinstance(input, torch.Tensor) and input.dim() == 3:  # unbatched, as depthwise_conv2d takes it
+        input = input.unsqueeze(0)
     forced = forced_backend()
+    try:
+        call = describe(input, weight, stride, padding, dilation)
+    except UnplannableCall as exc:
+        shape = tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__
+        verdict = ("runs on: torch (F.conv2d computes it, or raises its own error for a malformed call)"
+                   if forced in (None, "torch") else f"refused: forced backend {forced!r} cannot run it")
+        return (f"call: input {shape}, weight {tuple(getattr(weight, 'shape', ()))}\n{verdict}, because "
+                f"lkconv's op does not take it: {exc}")
     lines = [f"call: N={call.n} C={call.c} {call.h}x{call.w} k={call.kh}x{call.kw} padding={call.padding} "
              f"stride={call.stride} dilation={call.dilation} {call.dtype} on {call.device} "
              f"({'channels_last' if call.channels_last else 'NCHW'})"]

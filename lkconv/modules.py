@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Optional, Tuple, Union
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .functional import depthwise_conv2d
+
+
+def _zero_padding() -> Tuple[int, int]:
+    return (0, 0)
 
 
 class LKConv2d(nn.Conv2d):
@@ -26,11 +32,22 @@ class LKConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype)
 
-    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias):
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return depthwise_conv2d(input, weight, bias, self.stride, 0, self.dilation)
-        return depthwise_conv2d(input, weight, bias, self.stride, self.padding, self.dilation)
+            padding = _zero_padding()
+        else:
+            padding = self.padding
+        if torch.jit.is_scripting() or input.dim() < 3 or input.shape[-3] != self.in_channels:
+            # TorchScript cannot compile lkconv's dispatch (scripted modules run F.conv2d, same results); a
+            # channel count that does not match gets nn.Conv2d's own error message.
+            return F.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups)
+        return self._lkconv_forward(input, weight, bias, padding)
+
+    @torch.jit.unused
+    def _lkconv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                        padding: Union[str, Tuple[int, ...]]) -> torch.Tensor:
+        return depthwise_conv2d(input, weight, bias, self.stride, padding, self.dilation)
 
     @classmethod
     def from_conv2d(cls, conv: nn.Conv2d) -> "LKConv2d":
