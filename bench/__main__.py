@@ -10,34 +10,35 @@ from typing import List, Optional
 import torch
 
 from . import kernels, results
+from .cli_args import (csv_list, device_arg, kernel_sizes_arg, positive_int, results_file_arg, shape_sets_arg,
+                       writable_path)
 from .environment import describe_environment
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
-def _csv(value: str) -> List[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", default="float32", help="comma list of float32,float16,bfloat16,float64")
     p.add_argument("--layout", default="nchw,channels_last", help="layouts of the lkconv rows")
     p.add_argument("--passes", default=",".join(kernels.PASSES), help="comma list of " + ",".join(kernels.PASSES))
-    p.add_argument("--kernel-sizes", default=None, help="k of the sweep (default 3,5,7,13,31,51; quick: 7,31)")
-    p.add_argument("--shapes", default=None,
+    p.add_argument("--kernel-sizes", type=kernel_sizes_arg, default=None,
+                   help="k of the sweep (default 3,5,7,13,31,51; quick: 7,31)")
+    p.add_argument("--shapes", type=shape_sets_arg, default=None,
                    help="comma list of sweep,replknet31b,convnext (default: all; quick: sweep)")
-    p.add_argument("--convnext-kernel", type=int, default=51, help="k of the ConvNeXt-T stage shapes")
-    p.add_argument("--batch-size", type=int, default=None, help="default 64 on GPU; 4 on CPU (quick: 1)")
-    p.add_argument("--sweep-channels", type=int, default=None, help="channels of the sweep shape (default 128)")
-    p.add_argument("--sweep-size", type=int, default=56, help="map size of the sweep shape")
+    p.add_argument("--convnext-kernel", type=positive_int, default=51, help="k of the ConvNeXt-T stage shapes")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default 64 on GPU; 4 on CPU (quick: 1)")
+    p.add_argument("--sweep-channels", type=positive_int, default=None,
+                   help="channels of the sweep shape (default 128)")
+    p.add_argument("--sweep-size", type=positive_int, default=56, help="map size of the sweep shape")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="the default: few shapes, short timings")
     mode.add_argument("--full", action="store_true", help="every shape set and kernel size, longer timings")
-    p.add_argument("--out", default=None, help="results file (JSON; a CSV is written beside it)")
-    p.add_argument("--compare", default=None, help="an earlier results file: ratios per row, regressions flagged")
-    p.add_argument("--plot", default=None, help="PNG of speed-up vs kernel size per pass and dtype")
+    p.add_argument("--out", type=writable_path, default=None, help="results file (JSON; a CSV is written beside it)")
+    p.add_argument("--compare", type=results_file_arg, default=None,
+                   help="an earlier results file: ratios per row, regressions flagged")
+    p.add_argument("--plot", type=writable_path, default=None, help="PNG of speed-up vs kernel size per pass and dtype")
     p.add_argument("--extra-impl", action="append", default=[], metavar="MODULE:CALLABLE",
                    help="another depthwise implementation with F.conv2d's signature (repeatable)")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
@@ -45,35 +46,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but no CUDA device is visible", file=sys.stderr)
-        return 2
+    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quick = not args.full
-    try:
-        dtypes = [DTYPES[d] for d in _csv(args.dtype)]
-    except KeyError as exc:
-        print(f"error: unknown dtype {exc}; choose from {', '.join(DTYPES)}", file=sys.stderr)
-        return 2
-    layouts = _csv(args.layout)
-    passes = _csv(args.passes)
-    for value, allowed, what in ((layouts, kernels.LAYOUTS, "layout"), (passes, kernels.PASSES, "pass")):
+    layouts = csv_list(args.layout)
+    passes = csv_list(args.passes)
+    dtype_names = csv_list(args.dtype)
+    for value, allowed, what in ((layouts, kernels.LAYOUTS, "--layout"), (passes, kernels.PASSES, "--passes"),
+                                 (dtype_names, tuple(DTYPES), "--dtype")):
         bad = [v for v in value if v not in allowed]
-        if bad:
-            print(f"error: unknown {what} {bad}; choose from {', '.join(allowed)}", file=sys.stderr)
-            return 2
+        if bad or not value:
+            parser.error(f"argument {what}: unknown value(s) {bad or value}; choose from {', '.join(allowed)}")
+    dtypes = [DTYPES[d] for d in dtype_names]
     on_cpu = device.type == "cpu"
-    default_ks = "7,31" if quick else "3,5,7,13,31,51"
-    kernel_sizes = [int(k) for k in _csv(args.kernel_sizes or default_ks)]
-    shape_sets = _csv(args.shapes or ("sweep" if quick else "sweep,replknet31b,convnext"))
+    kernel_sizes = args.kernel_sizes or ([7, 31] if quick else [3, 5, 7, 13, 31, 51])
+    shape_sets = args.shapes or (["sweep"] if quick else ["sweep", "replknet31b", "convnext"])
     batch = args.batch_size or (64 if not on_cpu else (1 if quick else 4))
     channels = args.sweep_channels or (64 if on_cpu and quick else 128)
 
     impls = kernels.torch_impls() + kernels.lkconv_impls(device, layouts)
     for spec in args.extra_impl:
-        impls += kernels.extra_impl(spec, layouts)
+        try:
+            impls += kernels.extra_impl(spec, layouts)
+        except (ValueError, ImportError, AttributeError, TypeError) as exc:
+            parser.error(f"argument --extra-impl: {exc}")
     shapes = []
     for kind in shape_sets:
         shapes += kernels.shapes_for(kind, kernel_sizes, batch, args.convnext_kernel, channels, args.sweep_size)

@@ -116,10 +116,21 @@ def extra_impl(spec: str, layouts: Sequence[str]) -> List[Impl]:
     """`module:callable`: any implementation with F.conv2d's signature (input, weight, bias, stride, padding,
     dilation, groups), e.g. a locally built implicit-GEMM extension."""
     module, _, attr = spec.partition(":")
-    if not attr:
-        raise ValueError(f"--extra-impl expects module:callable, got {spec!r}")
-    fn = getattr(importlib.import_module(module), attr)
+    if not module or not attr:
+        raise ValueError(f"expected module:callable, got {spec!r}")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"cannot import {module!r} ({exc})") from None
+    fn = getattr(mod, attr, None)
+    if fn is None:
+        raise AttributeError(f"module {module!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise TypeError(f"{spec} is not callable")
     return [Impl(spec, fn, layout) for layout in layouts]
+
+
+SHAPE_SETS = ("sweep", "replknet31b", "convnext")
 
 
 def shapes_for(kind: str, kernel_sizes: Sequence[int], batch: int, convnext_k: int, sweep_channels: int,

@@ -20,6 +20,7 @@ from torch import nn
 
 from lkconv import LKConv2d, convert_model
 
+from .cli_args import csv_list, device_arg, kernel_sizes_arg, positive_int, writable_path
 from .environment import describe_environment
 from .results import _atomic_write
 from .timing import time_fn
@@ -28,16 +29,11 @@ log = logging.getLogger(__name__)
 
 
 def to_stock(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose LKConv2d modules are plain nn.Conv2d with the same parameters."""
+    """A copy of `model` whose LKConv2d modules are plain nn.Conv2d (the inverse of convert_model)."""
     model = copy.deepcopy(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, LKConv2d):
-                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                                 child.padding, child.dilation, child.groups, child.bias is not None,
-                                 child.padding_mode, device="meta")
-                conv.weight, conv.bias = child.weight, child.bias
-                setattr(parent, name, conv)
+    for module in model.modules():
+        if isinstance(module, LKConv2d):
+            module.__class__ = nn.Conv2d
     return model
 
 
@@ -51,7 +47,22 @@ def build(name: str, kernel_size: int) -> nn.Module:
         return timm.create_model("replknet_31b")
     if name == "convnext_tiny":
         return convert_model(timm.create_model("convnext_tiny", kernel_sizes=kernel_size))
-    raise ValueError(f"unknown benchmark model {name!r} (replknet_31b, convnext_tiny)")
+    raise ValueError(f"unknown benchmark model {name!r} ({', '.join(MODELS)})")
+
+
+MODELS = ("replknet_31b", "convnext_tiny")
+MODES = ("inference", "train")
+
+
+def _choices(allowed):
+    def parse(value: str) -> List[str]:
+        items = csv_list(value)
+        bad = [v for v in items if v not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"unknown value(s) {bad or value!r}; choose from {', '.join(allowed)}")
+        return items
+
+    return parse
 
 
 @dataclass
@@ -133,25 +144,26 @@ def run_model(name: str, k: int, modes: List[str], batch: int, size: int, device
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.models", description=__doc__)
-    p.add_argument("--device", default=None)
-    p.add_argument("--models", default="replknet_31b,convnext_tiny")
-    p.add_argument("--kernel-sizes", default="7,31,51", help="ConvNeXt-T kernel sizes (RepLKNet-31B is fixed)")
-    p.add_argument("--modes", default="inference,train")
-    p.add_argument("--batch-size", type=int, default=None, help="default 64 on GPU, 2 on CPU")
-    p.add_argument("--image-size", type=int, default=None, help="default 224 on GPU, 128 on CPU")
+    p.add_argument("--device", type=device_arg, default=None)
+    p.add_argument("--models", type=_choices(MODELS), default=list(MODELS), help=", ".join(MODELS))
+    p.add_argument("--kernel-sizes", type=kernel_sizes_arg, default=[7, 31, 51],
+                   help="ConvNeXt-T kernel sizes (RepLKNet-31B is fixed)")
+    p.add_argument("--modes", type=_choices(MODES), default=list(MODES), help=", ".join(MODES))
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default 64 on GPU, 2 on CPU")
+    p.add_argument("--image-size", type=positive_int, default=None, help="default 224 on GPU, 128 on CPU")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile both variants")
     p.add_argument("--full", action="store_true", help="longer timings")
-    p.add_argument("--out", default=None, help="results JSON")
+    p.add_argument("--out", type=writable_path, default=None, help="results JSON")
     args = p.parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     on_cpu = device.type == "cpu"
     batch = args.batch_size or (2 if on_cpu else 64)
     size = args.image_size or (128 if on_cpu else 224)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes = args.modes
     rows: List[ModelRow] = []
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        ks = [31] if name == "replknet_31b" else [int(k) for k in args.kernel_sizes.split(",")]
+    for name in args.models:
+        ks = [31] if name == "replknet_31b" else args.kernel_sizes
         for k in ks:
             rows += run_model(name, k, modes, batch, size, device, args.channels_last, args.compile, not args.full)
     env = describe_environment(device)

@@ -27,14 +27,23 @@ def save(path: str, env: Dict[str, str], rows: Sequence[Row]) -> Tuple[str, str]
         writer.writeheader()
         for r in rows:
             writer.writerow(r.as_dict())
-    os.replace(f.name, csv_path)
+    _publish(f.name, csv_path)
     return path, csv_path
 
 
 def _atomic_write(path: str, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(path)), delete=False) as f:
         f.write(text)
-    os.replace(f.name, path)
+    _publish(f.name, path)
+
+
+def _publish(tmp: str, path: str) -> None:
+    """Rename a finished temporary file into place with the mode the user's umask gives new files (temporary
+    files are created 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
 
 
 def load(path: str) -> Tuple[Dict[str, str], List[Row]]:

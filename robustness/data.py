@@ -13,6 +13,7 @@ crop) for ImageNet-val/-A/-R/-O/-Sketch/-9; for ImageNet-C, Stylized-ImageNet an
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import torch
 from PIL import Image
 
 _REF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference")
+log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm")
 
@@ -110,11 +112,21 @@ def _class_folders(benchmark: str, root: str, known: Optional[Dict[str, int]], e
     return samples
 
 
+_SUBSET_SYNSETS = {"imagenet-a": "imagenet_a_synsets.txt", "imagenet-r": "imagenet_r_synsets.txt"}
+
+
 def _plain(benchmark: str, name: str = None) -> Callable[[str], List[Split]]:
     def find(root: str) -> List[Split]:
         index = {w: i for i, w in enumerate(imagenet_wnids())}
-        return [Split(benchmark, name or benchmark, _class_folders(benchmark, root, index,
-                                                                   labelled=benchmark != "imagenet-o"))]
+        samples = _class_folders(benchmark, root, index, labelled=benchmark != "imagenet-o")
+        if benchmark in _SUBSET_SYNSETS:
+            allowed = set(_timm_info(_SUBSET_SYNSETS[benchmark]))
+            outside = sorted({os.path.basename(os.path.dirname(p)) for p, _ in samples} - allowed)
+            if outside:
+                log.warning("%s at %r has class folders outside its 200 classes (%s%s): their images are scored "
+                            "with the 200-class logits and count as errors", benchmark, root,
+                            ", ".join(outside[:5]), ", ..." if len(outside) > 5 else "")
+        return [Split(benchmark, name or benchmark, samples)]
     return find
 
 
@@ -240,12 +252,34 @@ def load_video(path: str) -> List[Image.Image]:
     return frames
 
 
+def spread(samples: List[Tuple[str, int]], limit: Optional[int]) -> List[Tuple[str, int]]:
+    """At most `limit` samples taken across the class folders in turn (the first file of every class, then the
+    second, ...), so that a small limit still covers the classes evenly; deterministic. The kept samples stay in
+    their original order."""
+    if limit is None or limit >= len(samples):
+        return list(samples)
+    if limit < 1:
+        raise ValueError(f"limit must be a positive number of samples, got {limit}")
+    by_class: Dict[str, List[int]] = {}
+    for i, (path, _) in enumerate(samples):
+        by_class.setdefault(os.path.dirname(path), []).append(i)
+    picked: List[int] = []
+    rank = 0
+    while len(picked) < limit:
+        for members in by_class.values():
+            if rank < len(members) and len(picked) < limit:
+                picked.append(members[rank])
+        rank += 1
+    return [samples[i] for i in sorted(picked)]
+
+
 class SplitDataset(torch.utils.data.Dataset):
-    """Items are (tensor, label, index) or, for unreadable files, (None, label, index)."""
+    """Items are (tensor, label, index, adjusted) or, for unreadable files, (None, label, index, False);
+    `adjusted` says that an image of a fixed-size benchmark had another size and was resized and cropped."""
 
     def __init__(self, split: Split, transform: Callable, limit: Optional[int] = None):
         self.split = split
-        self.samples = split.samples[:limit] if limit else split.samples
+        self.samples = spread(split.samples, limit)
         self.transform = transform
 
     def __len__(self):
@@ -255,23 +289,50 @@ class SplitDataset(torch.utils.data.Dataset):
         path, label = self.samples[i]
         try:
             if self.split.kind == "video":
-                return torch.stack([self.transform(f) for f in load_video(path)]), label, i
-            return self.transform(load_image(path)), label, i
+                return torch.stack([self.transform(f) for f in load_video(path)]), label, i, False
+            image = load_image(path)
+            adjusted = isinstance(self.transform, FixedSize) and image.size != (self.transform.size,) * 2
+            return self.transform(image), label, i, adjusted
         except Exception:  # noqa: BLE001  (any decoding failure: count it, never crash the run)
-            return None, label, i
+            return None, label, i, False
 
 
 def collate(batch):
-    """Stack the readable items; report the indices of the unreadable ones."""
+    """Stack the readable items; report the indices of the unreadable ones and of the resized ones."""
     ok = [b for b in batch if b[0] is not None]
     failed = [b[2] for b in batch if b[0] is None]
+    adjusted = [b[2] for b in batch if b[3]]
     if not ok:
-        return None, None, None, failed
+        return None, None, None, failed, adjusted
     if ok[0][0].dim() == 4:  # videos: frame counts may differ, keep a list
         images = [b[0] for b in ok]
     else:
         images = torch.stack([b[0] for b in ok])
-    return images, torch.tensor([b[1] for b in ok]), torch.tensor([b[2] for b in ok]), failed
+    return images, torch.tensor([b[1] for b in ok]), torch.tensor([b[2] for b in ok]), failed, adjusted
+
+
+#: The image size of the fixed-size benchmarks as published (ImageNet-C, Stylized-ImageNet, ImageNet-P frames:
+#: 224x224, made by resizing to 256 and centre-cropping 224).
+PUBLISHED_SIZE = 224
+
+
+class FixedSize:
+    """Preprocessing of a benchmark whose images are already at their evaluation size: conversion and
+    normalisation only. An image of another size (e.g. a folder corrupted with `lkrobust corrupt` from ordinary
+    photos) cannot be batched with the rest: it is resized (shorter side 256) and centre-cropped to 224, the
+    benchmarks' own recipe, and the run counts and reports it."""
+
+    def __init__(self, mean, std, size: int = PUBLISHED_SIZE):
+        from torchvision import transforms
+
+        self.size = size
+        self.normalise = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=mean, std=std)])
+        self.adjust = transforms.Compose([transforms.Resize(size * 256 // 224), transforms.CenterCrop(size)])
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if image.size != (self.size, self.size):
+            image = self.adjust(image)
+        return self.normalise(image)
 
 
 def transform_for(benchmark: str, data_config: Dict) -> Callable:
@@ -282,5 +343,7 @@ def transform_for(benchmark: str, data_config: Dict) -> Callable:
 
     if BENCHMARKS[benchmark].resize:
         return timm.data.create_transform(**data_config, is_training=False)
-    return transforms.Compose([transforms.ToTensor(),
-                               transforms.Normalize(mean=data_config["mean"], std=data_config["std"])])
+    if benchmark == "imagenet-p":  # frames of one video share their size and are batched alone
+        return transforms.Compose([transforms.ToTensor(),
+                                   transforms.Normalize(mean=data_config["mean"], std=data_config["std"])])
+    return FixedSize(data_config["mean"], data_config["std"])

@@ -35,11 +35,20 @@ from its own results (no published AlexNet per-perturbation values are bundled).
 def load_results(folder: str) -> Dict[str, Dict[str, Dict[str, dict]]]:
     """{model: {benchmark: {split: record}}} of every results file under `folder`."""
     out: Dict[str, Dict[str, Dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
-    for path in glob.glob(os.path.join(folder, "*", "*", "*.json")):
-        with open(path) as f:
-            rec = json.load(f)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"results folder not found: {folder}")
+    for path in sorted(glob.glob(os.path.join(folder, "*", "*", "*.json"))):
+        try:
+            with open(path) as f:
+                rec = json.load(f)
+            key = (rec["model"], rec["benchmark"], rec["split"])
+            if not isinstance(rec.get("metrics", {}), dict):
+                raise ValueError("metrics is not a mapping")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is not a readable results file ({type(exc).__name__}: {exc}); "
+                             "delete it and rerun eval to redo that split") from None
         rec["_path"] = path
-        out[rec["model"]][rec["benchmark"]][rec["split"]] = rec
+        out[key[0]][key[1]][key[2]] = rec
     return out
 
 
@@ -110,6 +119,7 @@ def table(folder: str, fmt: str = "md", baseline: Optional[str] = None) -> str:
     results = load_results(folder)
     if not results:
         raise FileNotFoundError(f"no results files under {folder!r} (expected <model>/<benchmark>/<split>.json)")
+    _check_baseline(results, baseline, folder)
     rows = {m: summarize(results, m, baseline) for m in sorted(results)}
     cols = [(name, key) for name, key in COLUMNS if any(not math.isnan(r[key]) for r in rows.values())]
     if fmt == "csv":
@@ -127,6 +137,12 @@ def table(folder: str, fmt: str = "md", baseline: Optional[str] = None) -> str:
     return "\n".join(lines) + "\n\n" + NOTES + "\n"
 
 
+def _check_baseline(results: Dict, baseline: Optional[str], folder: str) -> None:
+    if baseline is not None and baseline not in results:
+        raise ValueError(f"--baseline {baseline!r} has no results under {folder} (models there: "
+                         f"{', '.join(sorted(results))})")
+
+
 def plot(folder: str, path: str, baseline: Optional[str] = None) -> str:
     import matplotlib
 
@@ -134,6 +150,7 @@ def plot(folder: str, path: str, baseline: Optional[str] = None) -> str:
     import matplotlib.pyplot as plt
 
     results = load_results(folder)
+    _check_baseline(results, baseline, folder)
     rows = {m: summarize(results, m, baseline) for m in sorted(results)}
     keys = [(n, k) for n, k in COLUMNS if k.endswith("top1") or k in ("c_mean_acc", "in9_mixed_rand")]
     keys = [(n, k) for n, k in keys if any(not math.isnan(r[k]) for r in rows.values())]

@@ -22,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 from . import metrics
-from .data import Split, SplitDataset, class_subset, collate, find_splits, imagenet9_mapping, transform_for
+from .data import (PUBLISHED_SIZE, Split, SplitDataset, class_subset, collate, find_splits, imagenet9_mapping,
+                   transform_for)
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,19 @@ class EvalConfig:
 
     def key(self) -> Dict:
         """What must match for an existing results file to count as finished."""
-        return dict(model=self.model, checkpoint=self.checkpoint, limit=self.limit, amp=self.amp)
+        return dict(model=self.model, checkpoint=self.checkpoint, limit=self.limit, amp=self.amp,
+                    sampling="across classes" if self.limit else None)
 
 
 def split_path(out: str, model: str, benchmark: str, split: str, ext: str = ".json") -> str:
     return os.path.join(out, model.replace("/", "_"), benchmark, split.replace("/", "_sev") + ext)
+
+
+def _file_mode() -> int:
+    """The mode a plainly created file gets under the user's umask (mkstemp's 0600 would hide results)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _atomic(path: str, write) -> None:
@@ -53,6 +62,7 @@ def _atomic(path: str, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -126,10 +136,11 @@ class Evaluator:
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices),
                                              batch_size=1 if split.kind == "video" else self.cfg.batch_size,
                                              num_workers=self.cfg.workers, collate_fn=collate)
-        logits_all, labels_all, index_all, failed = [], [], [], []
+        logits_all, labels_all, index_all, failed, adjusted = [], [], [], [], []
         bar = tqdm(loader, desc=f"{split.benchmark}/{split.name}", unit="batch", disable=rank != 0, leave=False)
-        for images, labels, idx, bad in bar:
+        for images, labels, idx, bad, resized in bar:
             failed += bad  # dataset indices of unreadable files
+            adjusted += resized
             if images is None:
                 continue
             if split.kind == "video":
@@ -140,17 +151,25 @@ class Evaluator:
             index_all.append(idx)
         if world > 1:
             gathered = [None] * world
-            torch.distributed.all_gather_object(gathered, (logits_all, labels_all, index_all, failed))
+            torch.distributed.all_gather_object(gathered, (logits_all, labels_all, index_all, failed, adjusted))
             logits_all = [x for g in gathered for x in g[0]]
             labels_all = [x for g in gathered for x in g[1]]
             failed = [x for g in gathered for x in g[3]]
+            adjusted = [x for g in gathered for x in g[4]]
         failed_paths = [dataset.samples[i][0] for i in sorted(set(failed))]
         if split.kind == "video":
             videos = [v for batch in logits_all for v in batch]
             return self._video_metrics(split, videos, failed_paths, len(dataset))
         logits = torch.cat(logits_all).numpy() if logits_all else np.zeros((0, 1000), np.float32)
         labels = torch.cat(labels_all).numpy() if labels_all else np.zeros((0,), np.int64)
-        return self._image_metrics(split, logits, labels, failed_paths, len(dataset))
+        result = self._image_metrics(split, logits, labels, failed_paths, len(dataset))
+        if adjusted:
+            result["counts"]["resized"] = len(adjusted)
+            if rank == 0:
+                log.warning("%s/%s: %d image(s) were not %dx%d as the benchmark is published; they were resized "
+                            "and centre-cropped (e.g. %s)", split.benchmark, split.name, len(adjusted),
+                            PUBLISHED_SIZE, PUBLISHED_SIZE, dataset.samples[min(adjusted)][0])
+        return result
 
     def _image_metrics(self, split: Split, logits, labels, failed, total) -> Dict:
         out = dict(counts=dict(total=total, evaluated=int(len(labels)), unreadable=len(failed)),
@@ -188,11 +207,13 @@ class Evaluator:
         return out
 
     # -- whole runs ---------------------------------------------------------------------------------------
-    def run(self, benches: Dict[str, str], out: str) -> List[str]:
-        """Evaluate every split of every benchmark that has no finished results file; returns written paths."""
+    def run(self, benches: Dict[str, str], out: str, splits: Optional[Dict[str, List[Split]]] = None) -> List[str]:
+        """Evaluate every split of every benchmark that has no finished results file; returns written paths.
+        `splits` may hold the benchmarks' splits already found (find_splits), so folders are listed once."""
         rank, _ = _dist()
         written = []
-        plan = [(b, s) for b, root in benches.items() for s in find_splits(b, root)]
+        splits = splits or {}
+        plan = [(b, s) for b, root in benches.items() for s in (splits.get(b) or find_splits(b, root))]
         for benchmark, split in tqdm(plan, desc=self.cfg.model, unit="split", disable=rank != 0):
             path = split_path(out, self.cfg.model, benchmark, split.name)
             if self._finished(path):

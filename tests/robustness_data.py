@@ -56,11 +56,11 @@ def make_all(root):
     paths["imagenet-sketch"] = p = os.path.join(root, "sketch")
     class_folders(p, WNIDS[:2])
     paths["stylized-imagenet"] = p = os.path.join(root, "stylized")
-    class_folders(p, WNIDS[:2], size=32, ext=".png")
+    class_folders(p, WNIDS[:2], size=224, ext=".png")  # published at 224x224
     paths["imagenet-c"] = p = os.path.join(root, "imagenet-c")
     for sev in ("1", "2"):
-        class_folders(os.path.join(p, "gaussian_noise", sev), WNIDS[:2], size=32)
-        class_folders(os.path.join(p, "blur", "motion_blur", sev), WNIDS[:2], size=32)  # grouped layout
+        class_folders(os.path.join(p, "gaussian_noise", sev), WNIDS[:2], size=224)
+        class_folders(os.path.join(p, "blur", "motion_blur", sev), WNIDS[:2], size=224)  # grouped layout
     paths["imagenet-p"] = p = os.path.join(root, "imagenet-p")
     for pert in ("gaussian_noise", "translate_2"):
         for i, w in enumerate(WNIDS[:2]):

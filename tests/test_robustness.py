@@ -67,8 +67,9 @@ def test_preprocessing_per_benchmark(datasets):
     good = [i for i, (p, _) in enumerate(val.samples) if not p.endswith("broken.JPEG")][0]
     assert val[good][0].shape == (3, 160, 160)  # resize + centre crop to the model's input size
     c = D.find_splits("imagenet-c", datasets["imagenet-c"])[0]
-    x = D.SplitDataset(c, D.transform_for("imagenet-c", cfg))[0][0]
-    assert x.shape == (3, 32, 32)  # no resize or crop, only normalisation
+    item = D.SplitDataset(c, D.transform_for("imagenet-c", cfg))[0]
+    x = item[0]
+    assert x.shape == (3, 224, 224) and not item[3]  # no resize or crop, only normalisation
     raw = np.asarray(D.load_image(c.samples[0][0]), dtype=np.float32) / 255
     expected = (torch.from_numpy(raw).permute(2, 0, 1) - 0.5) / 0.5
     torch.testing.assert_close(x, expected)

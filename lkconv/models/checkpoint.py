@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any, Dict, Mapping, Union
 
 import torch
@@ -36,7 +37,11 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
     if isinstance(checkpoint, (str, os.PathLike)):
         if not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"checkpoint file not found: {checkpoint}")
-        checkpoint = torch.load(checkpoint, map_location=map_location, weights_only=True)
+        path = checkpoint
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as exc:
+            raise ValueError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0]}") from None
     state = unwrap_state_dict(checkpoint)
     expected = set(model.state_dict())
     missing = sorted(expected - set(state))
