@@ -13,7 +13,7 @@ from lkconv.geometry import describe
 
 def test_available_backends_names_and_reasons():
     backends = lkconv.available_backends()
-    assert set(backends) == {"cpu", "cuda", "triton", "torch"}
+    assert set(backends) == {"cpu", "cuda", "triton", "torch", "cuda_emu"}
     assert backends["torch"] == "available"
     assert backends["cpu"] == "available"  # the extension is built by the README's install
     if not torch.cuda.is_available():

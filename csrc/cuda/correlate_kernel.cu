@@ -27,11 +27,11 @@ __device__ __forceinline__ float to_float(T v) {
 
 template <typename T, int TW, int RY>
 __global__ void __launch_bounds__(256) correlate_kernel(const CorrelateParams p) {
-  extern __shared__ float smem[];
+  LKCONV_DYNAMIC_SMEM(float, smem);
   const int P = p.planes, TR = p.tile_rows, TH = TR * RY;
   const int SR = TH + p.khc - 1, SC = TW + p.kwc - 1;  // source tile incl. halo
-  float* s_src = smem;                                  // [P][SR][SC]
-  float* s_w = smem + static_cast<int64_t>(P) * SR * SC;  // [P][khc][kwc]
+  LKCONV_SMEM_PTR(float) s_src = smem;                                  // [P][SR][SC]
+  LKCONV_SMEM_PTR(float) s_w = smem + static_cast<int64_t>(P) * SR * SC;  // [P][khc][kwc]
 
   const int groups_per_n = (p.c + P - 1) / P;
   const int n = blockIdx.x / groups_per_n;
@@ -82,8 +82,8 @@ __global__ void __launch_bounds__(256) correlate_kernel(const CorrelateParams p)
   const int tr = rest % TR, pl = rest / TR;
   if (pl >= P) return;
   const int row0 = tr * RY;
-  const float* s_plane = s_src + static_cast<int64_t>(pl) * tile_elems + row0 * SC + lx;
-  const float* s_filter = s_w + pl * taps;
+  LKCONV_SMEM_PTR(const float) s_plane = s_src + static_cast<int64_t>(pl) * tile_elems + row0 * SC + lx;
+  LKCONV_SMEM_PTR(const float) s_filter = s_w + pl * taps;
 
   float acc[RY];
 #pragma unroll
@@ -91,8 +91,8 @@ __global__ void __launch_bounds__(256) correlate_kernel(const CorrelateParams p)
 
   const int khc = p.khc;
   for (int j = 0; j < p.kwc; ++j) {
-    const float* scol = s_plane + j;
-    const float* wcol = s_filter + j;
+    LKCONV_SMEM_PTR(const float) scol = s_plane + j;
+    LKCONV_SMEM_PTR(const float) wcol = s_filter + j;
     // win[r] = f[t - r][j]: the filter value that source row t contributes to output row r.
     float win[RY];
 #pragma unroll
@@ -145,7 +145,10 @@ size_t smem_bytes(int tw, int ry, int planes, int tile_rows, int khc, int kwc) {
 
 // Tile shape by map size: 32-wide tiles for wide maps, narrower tiles with several planes per block for the
 // deep stages (7x7, 14x14) so few threads idle; channels_last blocks take >= 8 channels to read coalesced.
-Config choose_config(int oh, int ow, int khc, int kwc, bool channels_last, size_t smem_limit) {
+// When the tile does not fit the GPU's shared memory: fewer planes, then fewer rows, then narrower and shorter
+// strips; false (and why) when even the smallest tile does not fit.
+bool choose_config(int oh, int ow, int khc, int kwc, bool channels_last, size_t smem_limit, Config* out,
+                   std::string* why) {
   Config cfg;
   cfg.tw = ow > 16 ? 32 : (ow > 8 ? 16 : 8);
   cfg.ry = oh >= 16 ? 8 : 4;
@@ -155,23 +158,31 @@ Config choose_config(int oh, int ow, int khc, int kwc, bool channels_last, size_
   cfg.planes = max_rows / cfg.tile_rows;
   while (true) {
     cfg.smem = smem_bytes(cfg.tw, cfg.ry, cfg.planes, cfg.tile_rows, khc, kwc);
-    if (cfg.smem <= smem_limit) return cfg;
+    if (cfg.smem <= smem_limit) {
+      *out = cfg;
+      return true;
+    }
     if (cfg.planes > 1) {
       cfg.planes /= 2;
     } else if (cfg.tile_rows > 1) {
       cfg.tile_rows /= 2;
+    } else if (cfg.tw > 8) {
+      cfg.tw /= 2;
+    } else if (cfg.ry > 4) {
+      cfg.ry /= 2;
     } else {
-      TORCH_CHECK(false, "lkconv cuda: a ", khc, "x", kwc, " filter needs ", cfg.smem,
-                  " bytes of shared memory, more than this GPU offers (", smem_limit, ")");
+      *why = "a " + std::to_string(khc) + "x" + std::to_string(kwc) + " filter needs " + std::to_string(cfg.smem) +
+             " bytes of shared memory even with the smallest tile, more than this GPU offers (" +
+             std::to_string(smem_limit) + ")";
+      return false;
     }
   }
 }
 
 template <typename T, int TW, int RY>
 void launch_typed(const CorrelateParams& p, const Config& cfg, cudaStream_t stream) {
-  auto kernel = correlate_kernel<T, TW, RY>;
   if (cfg.smem > 48 * 1024)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    C10_CUDA_CHECK(cudaFuncSetAttribute(correlate_kernel<T, TW, RY>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(cfg.smem)));
   const int th = cfg.tile_rows * RY;
   const int64_t plane_groups = static_cast<int64_t>(p.n) * ((p.c + cfg.planes - 1) / cfg.planes);
@@ -182,7 +193,7 @@ void launch_typed(const CorrelateParams& p, const Config& cfg, cudaStream_t stre
   dim3 grid(static_cast<unsigned>(plane_groups), static_cast<unsigned>(row_tiles),
             static_cast<unsigned>(col_tiles));
   dim3 block(TW * cfg.tile_rows * cfg.planes);
-  kernel<<<grid, block, cfg.smem, stream>>>(p);
+  LKCONV_LAUNCH(grid, block, cfg.smem, stream, correlate_kernel<T, TW, RY>)(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -208,6 +219,24 @@ View4 view(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2),
 static void useful_taps(int k, int src_len, int out_len, int offset, int* lo, int* hi) {
   *lo = std::max(0, offset - out_len + 1);
   *hi = std::min(k - 1, offset + src_len - 1);
+}
+
+TileConfig correlate_tile_config(int src_h, int src_w, int out_h, int out_w, int kh, int kw, int off_t, int off_l,
+                                 bool channels_last) {
+  TileConfig out;
+  int i_lo, i_hi, j_lo, j_hi;
+  useful_taps(kh, src_h, out_h, off_t, &i_lo, &i_hi);
+  useful_taps(kw, src_w, out_w, off_l, &j_lo, &j_hi);
+  if (i_hi < i_lo || j_hi < j_lo) return out;  // no kernel runs: the result is the bias
+  Config cfg;
+  out.khc = i_hi - i_lo + 1, out.kwc = j_hi - j_lo + 1;
+  if (choose_config(out_h, out_w, out.khc, out.kwc, channels_last, current_device_limits().smem_per_block_optin,
+                    &cfg, &out.refusal)) {
+    out.kernel = "correlate_kernel";
+    out.a = cfg.tw, out.b = cfg.ry, out.c = cfg.planes, out.d = cfg.tile_rows, out.smem = cfg.smem;
+    out.threads = cfg.tw * cfg.tile_rows * cfg.planes;
+  }
+  return out;
 }
 
 void correlate(const at::Tensor& src, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& out, int off_t,
@@ -238,7 +267,10 @@ void correlate(const at::Tensor& src, const at::Tensor& weight, const at::Tensor
 
   const DeviceLimits limits = current_device_limits();
   const bool channels_last = src.stride(1) == 1 && src.size(1) > 1;
-  const Config cfg = choose_config(oh, ow, p.khc, p.kwc, channels_last, limits.smem_per_block_optin);
+  Config cfg;
+  std::string why;
+  TORCH_CHECK(choose_config(oh, ow, p.khc, p.kwc, channels_last, limits.smem_per_block_optin, &cfg, &why),
+              "lkconv cuda: ", why);
   p.planes = cfg.planes, p.tile_rows = cfg.tile_rows;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (src.scalar_type()) {

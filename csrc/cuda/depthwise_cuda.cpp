@@ -32,7 +32,8 @@ namespace {
 constexpr int kMaxKernel = 127;
 
 void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.is_cuda(), "lkconv cuda: ", name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK(LKCONV_ON_DEVICE(t), "lkconv cuda: ", name, " must be a " LKCONV_DEVICE_KIND " tensor, got ",
+              t.device());
   TORCH_CHECK(t.device() == like.device(), "lkconv cuda: ", name, " is on ", t.device(), " but expected ",
               like.device());
   TORCH_CHECK(t.dim() == 4, "lkconv cuda: ", name, " must be 4-D, got shape ", t.sizes());
@@ -89,7 +90,7 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight, const c10
   at::Tensor b;
   if (bias.has_value()) {
     b = bias->contiguous();
-    TORCH_CHECK(b.is_cuda() && b.device() == input.device() && b.scalar_type() == input.scalar_type(),
+    TORCH_CHECK(LKCONV_ON_DEVICE(b) && b.device() == input.device() && b.scalar_type() == input.scalar_type(),
                 "lkconv cuda: bias must be a ", input.scalar_type(), " tensor on ", input.device());
     TORCH_CHECK(b.dim() == 1 && b.size(0) == input.size(1), "lkconv cuda: bias must have shape (", input.size(1),
                 "), got ", b.sizes());
@@ -137,9 +138,45 @@ at::Tensor backward_weight(const at::Tensor& grad_out_, const at::Tensor& input_
                   out_len(input.size(2), kh, padding[0], padding[1]) == grad_out.size(2) &&
                   out_len(input.size(3), kw, padding[2], padding[3]) == grad_out.size(3),
               "lkconv cuda: grad_output shape ", grad_out.sizes(), " does not match input shape ", input.sizes());
-  auto grad_w = at::empty({input.size(1), 1, kh, kw}, input.options());
+  auto grad_w = at::zeros({input.size(1), 1, kh, kw}, input.options());
+  if (input.numel() == 0) return grad_w;  // no channels, images or pixels: nothing to sum
   weight_grad(grad_out, input, grad_w, static_cast<int>(padding[0]), static_cast<int>(padding[2]));
   return grad_w;
+}
+
+// The tile configuration of a pass of a (stride 1) call on this GPU, or why none fits: the launchers' own
+// choice, evaluated without launching, so the Python backend refuses what would fail mid-call.
+TileConfig tile_config(const std::string& pass, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                       at::IntArrayRef padding, bool channels_last) {
+  check_padding(padding);
+  TORCH_CHECK(kh >= 1 && kw >= 1 && kh <= kMaxKernel && kw <= kMaxKernel, "lkconv cuda: kernel ", kh, "x", kw,
+              " outside 1..", kMaxKernel);
+  TORCH_CHECK(h >= 1 && w >= 1 && h < (1 << 30) && w < (1 << 30), "lkconv cuda: map size ", h, "x", w);
+  const int64_t oh = out_len(h, kh, padding[0], padding[1]), ow = out_len(w, kw, padding[2], padding[3]);
+  if (oh < 1 || ow < 1) return {};
+  if (pass == "forward") return correlate_tile_config(h, w, oh, ow, kh, kw, padding[0], padding[2], channels_last);
+  if (pass == "backward_input")
+    return correlate_tile_config(oh, ow, h, w, kh, kw, kh - 1 - padding[0], kw - 1 - padding[2], channels_last);
+  if (pass == "backward_weight") return weight_grad_tile_config(h, w, oh, ow, kh, kw, padding[0], padding[2]);
+  TORCH_CHECK(false, "lkconv cuda: unknown pass ", pass);
+}
+
+pybind11::dict tile_config_dict(const std::string& pass, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                at::IntArrayRef padding, bool channels_last) {
+  namespace py = pybind11;
+  const TileConfig c = tile_config(pass, h, w, kh, kw, padding, channels_last);
+  py::dict d;
+  d["kernel"] = c.kernel;
+  d["refusal"] = c.refusal;
+  d["smem"] = c.smem;
+  d["threads"] = c.threads;
+  d["useful_taps"] = py::make_tuple(c.khc, c.kwc);
+  if (c.kernel == "correlate_kernel") {
+    d["tile_w"] = c.a, d["rows_per_thread"] = c.b, d["planes"] = c.c, d["thread_rows"] = c.d;
+  } else if (c.kernel == "wgrad_kernel") {
+    d["tile_h"] = c.a, d["images"] = c.b, d["tile_w"] = c.c, d["taps_padded"] = py::make_tuple(c.khp, c.kwp);
+  }
+  return d;
 }
 
 void bind(pybind11::module& m) {
@@ -150,6 +187,10 @@ void bind(pybind11::module& m) {
         py::arg("weight"), py::arg("in_h"), py::arg("in_w"), py::arg("padding"), py::arg("channels_last"));
   m.def("cuda_backward_weight", &backward_weight, "depthwise backward-weight, CUDA", py::arg("grad_output"),
         py::arg("input"), py::arg("kh"), py::arg("kw"), py::arg("padding"), py::arg("deterministic"));
+  m.def("cuda_tile_config", &tile_config_dict,
+        "the tile configuration a pass of a call gets on the current GPU, or why none fits (key 'refusal')",
+        py::arg("pass_name"), py::arg("h"), py::arg("w"), py::arg("kh"), py::arg("kw"), py::arg("padding"),
+        py::arg("channels_last"));
   m.def("cuda_build_info", [] {
     return std::string("CUDA ") + std::to_string(CUDA_VERSION / 1000) + "." + std::to_string(CUDA_VERSION % 1000 / 10);
   });

@@ -2,6 +2,26 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+
+// The few spellings that differ between nvcc and the CUDA emulation (csrc/cuda_emulation), which compiles these
+// same sources for the host to run them in the tests: kernel launches, dynamic shared memory and pointers into
+// it (checked accesses under emulation), and the device that tensors must be on.
+#ifdef LKCONV_CUDA_EMULATION
+#include "lkemu.h"
+#define LKCONV_LAUNCH(grid, block, smem, stream, ...) \
+  ::lkemu::launcher(__VA_ARGS__, #__VA_ARGS__, grid, block, smem, stream)
+#define LKCONV_DYNAMIC_SMEM(T, name) const ::lkemu::SharedPtr<T> name = ::lkemu::dynamic_shared<T>()
+#define LKCONV_SMEM_PTR(T) ::lkemu::SharedPtr<T>
+#define LKCONV_ON_DEVICE(t) ((t).is_cpu())
+#define LKCONV_DEVICE_KIND "CPU (CUDA emulation)"
+#else
+#define LKCONV_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#define LKCONV_DYNAMIC_SMEM(T, name) extern __shared__ T name[]
+#define LKCONV_SMEM_PTR(T) T*
+#define LKCONV_ON_DEVICE(t) ((t).is_cuda())
+#define LKCONV_DEVICE_KIND "CUDA"
+#endif
 
 namespace lkconv {
 namespace cuda {
@@ -52,6 +72,21 @@ struct DeviceLimits {
   int sm_count;
 };
 DeviceLimits current_device_limits();
+
+// The tile configuration a launcher picks for a call on the current GPU (without launching), or why none fits
+// its shared memory (`refusal`); the launchers use the same code, so a call that is not refused up front runs.
+// For the correlation: tile width, rows per thread, planes per block, thread rows per plane; for the weight
+// gradient: rows and images per tile, tile width, and the cropped filter rounded to the tap blocks.
+struct TileConfig {
+  std::string kernel;  // "" when no kernel runs (every tap reads padding only)
+  int a = 0, b = 0, c = 0, d = 0, khc = 0, kwc = 0, khp = 0, kwp = 0;
+  size_t smem = 0;
+  int threads = 0;
+  std::string refusal;
+};
+TileConfig correlate_tile_config(int src_h, int src_w, int out_h, int out_w, int kh, int kw, int off_t, int off_l,
+                                 bool channels_last);
+TileConfig weight_grad_tile_config(int h, int w, int oh, int ow, int kh, int kw, int pad_t, int pad_l);
 
 }  // namespace cuda
 }  // namespace lkconv

@@ -43,13 +43,13 @@ __device__ __forceinline__ float to_float(T v) {
 
 template <typename T>
 __global__ void __launch_bounds__(kWarps * 32) wgrad_kernel(const WgradParams p, const WgradTile tile) {
-  extern __shared__ float smem[];
+  LKCONV_DYNAMIC_SMEM(float, smem);
   const int TH = tile.tile_h, IMG = tile.images, TW = tile.tile_w;
   const int SXR = tile.sx_rows(), SXC = tile.sx_cols(), SGC = tile.sg_cols();
   const int x_elems = SXR * SXC, g_elems = TH * SGC;
-  float* s_x = smem;                               // [IMG][SXR][SXC]
-  float* s_g = s_x + IMG * x_elems;                // [IMG][TH][SGC]
-  float* s_acc = s_g + IMG * g_elems;              // [khp][kwp]
+  LKCONV_SMEM_PTR(float) s_x = smem;                               // [IMG][SXR][SXC]
+  LKCONV_SMEM_PTR(float) s_g = s_x + IMG * x_elems;                // [IMG][TH][SGC]
+  LKCONV_SMEM_PTR(float) s_acc = s_g + IMG * g_elems;              // [khp][kwp]
   const int taps = tile.khp * tile.kwp;
   for (int e = threadIdx.x; e < taps; e += blockDim.x) s_acc[e] = 0.f;
 
@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(kWarps * 32) wgrad_kernel(const WgradParams p,
     // an Inf input into a NaN tap).
     const bool row_valid = n0 + my_img < p.n && y0 + my_y < p.oh;
     const int cols = min(TW, p.ow - x0);
-    const float* grow = s_g + my_img * g_elems + my_y * SGC;
+    LKCONV_SMEM_PTR(const float) grow = s_g + my_img * g_elems + my_y * SGC;
     for (int tb = warp; tb < tap_blocks; tb += kWarps) {
       const int i0 = (tb / tap_blocks_j) * IY, j0 = (tb % tap_blocks_j) * JX;
       float acc[IY][JX];
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kWarps * 32) wgrad_kernel(const WgradParams p,
 #pragma unroll
         for (int b = 0; b < JX; ++b) acc[a][b] = 0.f;
       if (row_valid) {
-        const float* xrow = s_x + my_img * x_elems + (my_y + i0) * SXC + j0;
+        LKCONV_SMEM_PTR(const float) xrow = s_x + my_img * x_elems + (my_y + i0) * SXC + j0;
         float win[IY][JX];
 #pragma unroll
         for (int a = 0; a < IY; ++a)
@@ -162,8 +162,6 @@ int next_pow2(int v) {
 template <typename T>
 void launch(WgradParams p, const WgradTile& tile, at::Tensor& grad_w, int kh, int kw, cudaStream_t stream) {
   const size_t smem = tile.smem_floats() * sizeof(float);
-  TORCH_CHECK(smem <= current_device_limits().smem_per_block_optin, "lkconv cuda: weight gradient of a ", p.khc, "x", p.kwc,
-              " filter needs ", smem, " bytes of shared memory, more than this GPU offers");
   if (smem > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(wgrad_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
@@ -171,24 +169,68 @@ void launch(WgradParams p, const WgradTile& tile, at::Tensor& grad_w, int kh, in
                            grad_w.options().dtype(at::kFloat));
   p.partial = partial.data_ptr<float>();
   TORCH_CHECK(p.c < 65536, "lkconv cuda: at most 65535 channels, got ", p.c);
-  wgrad_kernel<T><<<dim3(p.splits, p.c), kWarps * 32, smem, stream>>>(p, tile);
+  LKCONV_LAUNCH(dim3(p.splits, p.c), kWarps * 32, smem, stream, wgrad_kernel<T>)(p, tile);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t total = static_cast<int64_t>(p.c) * p.khc * p.kwc;
   const int threads = 256;
-  wgrad_finalize_kernel<T><<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, stream>>>(
+  LKCONV_LAUNCH(static_cast<unsigned>((total + threads - 1) / threads), threads, 0, stream, wgrad_finalize_kernel<T>)(
       p.partial, grad_w.data_ptr<T>(), p.c, p.splits, p.khc, p.kwc, kh, kw, p.ki0, p.kj0);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Rows per tile follow the map (a warp's lanes cover tile_h rows of 32 / tile_h images); columns start at 64
+// and halve (to 4) while the tile does not fit the GPU's shared memory. False (and why) when nothing fits.
+bool choose_tile(int oh, int ow, int khc, int kwc, size_t smem_limit, WgradTile* out, std::string* why) {
+  WgradTile tile;
+  tile.tile_h = std::min(32, next_pow2(oh));
+  tile.images = 32 / tile.tile_h;
+  tile.tile_w = std::min(64, round_up(ow, 4));
+  tile.khp = round_up(khc, IY), tile.kwp = round_up(kwc, JX);
+  while (tile.smem_floats() * sizeof(float) > smem_limit) {
+    if (tile.tile_w <= 4) {
+      *why = "the weight gradient of a " + std::to_string(khc) + "x" + std::to_string(kwc) + " filter needs " +
+             std::to_string(tile.smem_floats() * sizeof(float)) + " bytes of shared memory even with the " +
+             "smallest tile, more than this GPU offers (" + std::to_string(smem_limit) + ")";
+      return false;
+    }
+    tile.tile_w = std::max(4, tile.tile_w / 2);
+  }
+  *out = tile;
+  return true;
+}
+
+void useful_range(int k, int pad, int in_len, int out_len, int* lo, int* hi) {
+  *lo = std::max(0, pad - out_len + 1);
+  *hi = std::min(k - 1, pad + in_len - 1);
+}
+
 }  // namespace
+
+TileConfig weight_grad_tile_config(int h, int w, int oh, int ow, int kh, int kw, int pad_t, int pad_l) {
+  TileConfig out;
+  int i_lo, i_hi, j_lo, j_hi;
+  useful_range(kh, pad_t, h, oh, &i_lo, &i_hi);
+  useful_range(kw, pad_l, w, ow, &j_lo, &j_hi);
+  if (i_hi < i_lo || j_hi < j_lo) return out;
+  out.khc = i_hi - i_lo + 1, out.kwc = j_hi - j_lo + 1;
+  WgradTile tile;
+  if (choose_tile(oh, ow, out.khc, out.kwc, current_device_limits().smem_per_block_optin, &tile, &out.refusal)) {
+    out.kernel = "wgrad_kernel";
+    out.a = tile.tile_h, out.b = tile.images, out.c = tile.tile_w, out.khp = tile.khp, out.kwp = tile.kwp;
+    out.smem = tile.smem_floats() * sizeof(float);
+    out.threads = kWarps * 32;
+  }
+  return out;
+}
 
 void weight_grad(const at::Tensor& grad_out, const at::Tensor& input, at::Tensor& grad_w, int pad_t, int pad_l) {
   const int kh = grad_w.size(2), kw = grad_w.size(3);
   const int h = input.size(2), w = input.size(3), oh = grad_out.size(2), ow = grad_out.size(3);
   grad_w.zero_();
-  const int i_lo = std::max(0, pad_t - oh + 1), i_hi = std::min(kh - 1, pad_t + h - 1);
-  const int j_lo = std::max(0, pad_l - ow + 1), j_hi = std::min(kw - 1, pad_l + w - 1);
-  if (i_hi < i_lo || j_hi < j_lo || input.size(0) == 0) return;
+  int i_lo, i_hi, j_lo, j_hi;
+  useful_range(kh, pad_t, h, oh, &i_lo, &i_hi);
+  useful_range(kw, pad_l, w, ow, &j_lo, &j_hi);
+  if (i_hi < i_lo || j_hi < j_lo || grad_w.numel() == 0 || input.numel() == 0) return;
 
   WgradParams p{};
   p.x = input.data_ptr(), p.g = grad_out.data_ptr();
@@ -199,10 +241,9 @@ void weight_grad(const at::Tensor& grad_out, const at::Tensor& input, at::Tensor
   p.pad_t = pad_t, p.pad_l = pad_l;
 
   WgradTile tile;
-  tile.tile_h = std::min(32, next_pow2(oh));
-  tile.images = 32 / tile.tile_h;
-  tile.tile_w = std::min(64, round_up(ow, 4));
-  tile.khp = round_up(p.khc, IY), tile.kwp = round_up(p.kwc, JX);
+  std::string why;
+  TORCH_CHECK(choose_tile(oh, ow, p.khc, p.kwc, current_device_limits().smem_per_block_optin, &tile, &why),
+              "lkconv cuda: ", why);
 
   // Enough blocks to fill the GPU about four times over; the split count depends on the shape and the GPU
   // only, never on timing, so results are reproducible run to run on the same GPU.

@@ -2,10 +2,10 @@
 
 from .base import Backend, BackendNotSupportedError
 from .cpu import CpuBackend
-from .cuda import CudaBackend
+from .cuda import CudaBackend, CudaEmulationBackend
 from .torch_ref import TorchBackend
 from .triton_backend import TritonBackend
 
-BACKENDS = {b.name: b for b in (CudaBackend(), TritonBackend(), CpuBackend(), TorchBackend())}
+BACKENDS = {b.name: b for b in (CudaBackend(), TritonBackend(), CpuBackend(), TorchBackend(), CudaEmulationBackend())}
 
 __all__ = ["BACKENDS", "Backend", "BackendNotSupportedError"]

@@ -1,0 +1,3 @@
+// Emulation stand-in for the CUDA runtime header (see ../lkemu.h).
+#pragma once
+#include "../lkemu.h"

@@ -1,0 +1,198 @@
+"""The CUDA execution-model emulation itself (it must catch what it claims to catch), and what it found in the CUDA
+kernels: tile fallbacks on every emulated GPU, calls refused up front instead of failing mid-call, the
+non-finite rule with cropped taps, and bindings that do not trust their caller."""
+
+import os
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lkconv
+from reference import assert_within_torch_error, conv_with_grads, unfold_conv
+
+CUDA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "cuda")
+
+
+def _source(name):
+    with open(os.path.join(CUDA_DIR, name)) as f:
+        return f.read()
+
+
+def _check_call(x, w, padding, backend="cuda_emu"):
+    g = torch.randn(unfold_conv(x.double(), w.double(), None, padding=padding).shape)
+    ref = conv_with_grads(x.double(), w.double(), None, g.double(), padding=padding, fn=unfold_conv)
+    theirs = conv_with_grads(x, w, None, g, padding=padding)
+    with lkconv.use_backend(backend):
+        ours = conv_with_grads(x, w, None, g, padding=padding, fn=lambda *a: lkconv.depthwise_conv2d(*a))
+    for name, o, t, r in zip(("output", "grad_input", "grad_weight"), ours, theirs, ref):
+        assert_within_torch_error(o, t, r, name)
+
+
+# ---- the emulation catches planted bugs ---------------------------------------------------------------------
+# Each bug is planted in one scratch copy of the kernel (one build), switched on at run time by
+# lkemu::planted_bug so the three cost one compilation.
+PLANTS = [
+    ("  __syncthreads();\n", "  if (::lkemu::planted_bug != 1) __syncthreads();\n"),
+    ("for (int e = threadIdx.x; e < P * taps; e += nthreads)",
+     "for (int e = threadIdx.x; e < P * taps + (::lkemu::planted_bug == 2); e += nthreads)"),
+    ("if (y < p.oh) out[y * p.out_v.sh]", "if (y + (::lkemu::planted_bug == 3) < p.oh) out[y * p.out_v.sh]"),
+]
+BUGS = {1: "read of never-written shared memory|race", 2: "outside the block's", 3: None}
+
+
+@pytest.fixture(scope="module")
+def planted_module(cuda_emu_module):
+    from lkconv import cuda_emulation
+
+    source = _source("correlate_kernel.cu")
+    for old, new in PLANTS:
+        assert source.count(old) == 1, f"the planted change no longer applies to the source: {old!r}"
+        source = source.replace(old, new)
+    return cuda_emulation.build({"correlate_kernel.cu": source})
+
+
+@pytest.mark.parametrize("bug", list(BUGS), ids=["missing-barrier", "off-by-one", "unwritten-output"])
+def test_planted_bug_is_caught(bug, planted_module, cuda_emu):
+    module = planted_module
+    module.select_device("h100")
+    x, w = torch.randn(1, 2, 9, 9), torch.randn(2, 1, 5, 5)
+    module.set_planted_bug(0)
+    torch.testing.assert_close(module.cuda_forward(x, w, None, [2, 2, 2, 2], False), F.conv2d(x, w, None, 1, 2, 1, 2))
+    module.set_planted_bug(bug)
+    try:
+        if BUGS[bug] is None:  # no emulator error: the NaN-filled output shows the element nobody wrote
+            assert torch.isnan(module.cuda_forward(x, w, None, [2, 2, 2, 2], False)).any()
+        else:
+            with pytest.raises(RuntimeError, match=BUGS[bug]):
+                module.cuda_forward(x, w, None, [2, 2, 2, 2], False)
+    finally:
+        module.set_planted_bug(0)
+
+
+def test_launch_bounds_hold_for_every_launch(cuda_emu):
+    """Every launch's block size is within its kernel's __launch_bounds__ (read from the sources)."""
+    bounds = {}
+    for name in ("correlate_kernel.cu", "wgrad_kernel.cu"):
+        text = _source(name)
+        consts = {m.group(1): int(m.group(2)) for m in re.finditer(r"constexpr int (\w+) = (\d+);", text)}
+        for m in re.finditer(r"__launch_bounds__\(([^)]*)\)\s+(\w+)", text):
+            expr = m.group(1)
+            for const, value in consts.items():
+                expr = expr.replace(const, str(value))
+            bounds[m.group(2)] = eval(expr, {})  # noqa: S307  (an arithmetic expression of the source)
+    assert set(bounds) == {"correlate_kernel", "wgrad_kernel"}
+    for size, k in ((5, 3), (9, 13), (30, 31), (7, 51)):
+        _check_call(torch.randn(2, 3, size, size + 1), torch.randn(3, 1, k, k), k // 2)
+    launches = cuda_emu.take_launches()
+    assert launches
+    for launch in launches:
+        kernel = launch["kernel"].split("<")[0]
+        threads = launch["block"][0] * launch["block"][1] * launch["block"][2]
+        assert threads <= bounds.get(kernel, 1024), launch
+
+
+def test_every_correlate_tile_configuration_runs(cuda_emu):
+    """Map sizes that make the launcher pick each (tile width, rows per thread) configuration, checked."""
+    seen = set()
+    for oh, ow in ((20, 40), (10, 40), (20, 12), (10, 12), (20, 6), (10, 6)):
+        config = cuda_emu.cuda_tile_config("forward", oh, ow, 5, 5, [2, 2, 2, 2], False)
+        seen.add((config["tile_w"], config["rows_per_thread"]))
+        _check_call(torch.randn(1, 2, oh, ow), torch.randn(2, 1, 5, 5), 2)
+    assert seen == {(32, 8), (32, 4), (16, 8), (16, 4), (8, 8), (8, 4)}
+
+
+@pytest.mark.parametrize("schedule", ["reverse", "shuffled"])
+def test_results_do_not_depend_on_the_thread_schedule(schedule, cuda_emu):
+    x, w, g = torch.randn(2, 3, 14, 15), torch.randn(3, 1, 9, 9), torch.randn(2, 3, 14, 15)
+
+    def run():
+        with lkconv.use_backend("cuda_emu"):
+            return conv_with_grads(x, w, None, g, padding=4, fn=lambda *a: lkconv.depthwise_conv2d(*a))
+
+    first = run()
+    cuda_emu.set_schedule(schedule, 7)
+    for a, b in zip(first, run()):
+        if a is not None:
+            assert torch.equal(a, b)
+
+
+# ---- fallbacks and up-front refusals on every emulated GPU -----------------------------------------------------
+@pytest.mark.parametrize("device", ["h100", "a100", "rtx4090", "tiny"])
+def test_large_filters_run_or_are_refused_up_front(device, cuda_emu):
+    """Each pass of each call either runs correctly or is refused before it starts (so the dispatcher can pick
+    another backend); a forward that runs is never followed by a failing backward."""
+    cuda_emu.select_device(device)
+    for size, k in ((64, 113), (24, 101), (20, 61), (16, 31)):
+        x, w = torch.randn(1, 2, size, size), torch.randn(2, 1, k, k)
+        refusals = {p: cuda_emu.cuda_tile_config(p, size, size, k, k, [k // 2] * 4, False)["refusal"]
+                    for p in ("forward", "backward_input", "backward_weight")}
+        if not any(refusals.values()):
+            _check_call(x, w, k // 2)
+            continue
+        with lkconv.use_backend("cuda_emu"), pytest.raises(lkconv.BackendNotSupportedError, match="shared memory"):
+            lkconv.depthwise_conv2d(x.requires_grad_(), w.requires_grad_(), padding=k // 2).sum().backward()
+        assert "shared memory" in lkconv.explain(x, w, padding=k // 2)
+    if device == "a100":  # the reported failure: a 113x113 weight gradient on a 64x64 map now runs
+        assert not cuda_emu.cuda_tile_config("backward_weight", 64, 64, 113, 113, [56] * 4, False)["refusal"]
+    if device == "tiny":
+        config = cuda_emu.cuda_tile_config("forward", 64, 64, 75, 75, [37] * 4, False)
+        assert not config["refusal"] and config["tile_w"] == 8  # the forward narrows its tile to fit
+        x, w = torch.randn(1, 1, 64, 64), torch.randn(1, 1, 75, 75)
+        with lkconv.use_backend("cuda_emu"):
+            y = lkconv.depthwise_conv2d(x, w, padding=37)
+        ref = unfold_conv(x.double(), w.double(), None, padding=37)
+        assert_within_torch_error(y, F.conv2d(x, w, None, 1, 37, 1, 1), ref, "narrowed forward")
+
+
+# ---- findings: the non-finite rule, the bindings -------------------------------------------------------------
+def test_nan_grad_reaches_only_real_taps(cuda_emu):
+    """N=1, C=1, 2x2 map, 7x7 kernel, padding 3, NaN at grad_out[0,0,0,0]: taps that only read padding get 0,
+    taps that meet the NaN through a real pixel get NaN (the documented rule), on the CUDA kernels."""
+    x = torch.randn(1, 1, 2, 2)
+    w = torch.randn(1, 1, 7, 7, requires_grad=True)
+    g = torch.randn(1, 1, 2, 2)
+    g[0, 0, 0, 0] = float("nan")
+    with lkconv.use_backend("cuda_emu"):
+        (gw,) = torch.autograd.grad(lkconv.depthwise_conv2d(x, w, padding=3), w, g)
+    assert (gw[0, 0, :2] == 0).all() and (gw[0, 0, 5:] == 0).all() and (gw[0, 0, :, :2] == 0).all()
+    assert torch.isnan(gw[0, 0, 3:5, 3:5]).all()
+
+
+def test_inf_weight_on_padding_only_taps(cuda_emu):
+    """An Inf weight at a tap that only reads padding leaves every output finite; one at a tap that reads real
+    pixels makes exactly those outputs non-finite (the rule of lkconv/nonfinite.py, as on the CPU)."""
+    x = torch.randn(1, 2, 4, 4)
+    w = torch.randn(2, 1, 11, 11)
+    w[0, 0, 0, 0] = float("inf")  # reads padding only (k=11 on 4x4 with padding 5)
+    w[1, 0, 5, 5] = float("inf")  # the centre: reads every pixel
+    with lkconv.use_backend("cuda_emu"):
+        y = lkconv.depthwise_conv2d(x, w, padding=5)
+    with lkconv.use_backend("cpu"):
+        expected = lkconv.depthwise_conv2d(x, w, padding=5)
+    assert torch.isfinite(y[0, 0]).all() and not torch.isfinite(y[0, 1]).any()
+    assert torch.equal(torch.isfinite(y), torch.isfinite(expected))
+
+
+def test_bindings_handle_empty_tensors(cuda_emu):
+    m = cuda_emu
+    gw = m.cuda_backward_weight(torch.randn(2, 0, 5, 5), torch.randn(2, 0, 5, 5), 3, 3, [1, 1, 1, 1], False)
+    assert gw.shape == (0, 1, 3, 3)
+    gw = m.cuda_backward_weight(torch.randn(0, 3, 5, 5), torch.randn(0, 3, 5, 5), 3, 3, [1, 1, 1, 1], False)
+    assert gw.shape == (3, 1, 3, 3) and (gw == 0).all()
+    assert m.cuda_forward(torch.randn(0, 3, 5, 5), torch.randn(3, 1, 3, 3), None, [1, 1, 1, 1], False).shape[0] == 0
+    with pytest.raises(RuntimeError, match="grad_output shape"):
+        m.cuda_backward_weight(torch.randn(2, 3, 4, 4), torch.randn(2, 3, 5, 5), 3, 3, [1, 1, 1, 1], False)
+    with pytest.raises(RuntimeError, match="CPU \\(CUDA emulation\\) tensor|dtype"):
+        m.cuda_forward(torch.randn(1, 3, 5, 5, dtype=torch.float64), torch.randn(3, 1, 3, 3, dtype=torch.float64),
+                       None, [1, 1, 1, 1], False)
+
+
+def test_forced_emulation_matches_conv2d_through_the_public_api(cuda_emu):
+    x = torch.randn(2, 4, 11, 10).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(4, 1, 7, 3)
+    with lkconv.use_backend("cuda_emu"):
+        y = lkconv.depthwise_conv2d(x, w, padding="same")
+    torch.testing.assert_close(y, F.conv2d(x, w, None, 1, "same", 1, 4), rtol=1e-5, atol=1e-5)
+    assert y.is_contiguous(memory_format=torch.channels_last)
