@@ -1,6 +1,6 @@
 """Which backend runs a call: forced by `use_backend`/LKCONV_BACKEND, else the first that accepts it.
 
-Unforced order on CUDA: triton, then cuda, then the PyTorch reference (see `_cuda_order` for the rule);
+Unforced order on CUDA: cuda, then triton, then the PyTorch reference (see `CUDA_RULE` for the evidence);
 on CPU: the C++ kernels, then the reference. A forced backend that refuses a call raises
 BackendNotSupportedError naming the reasons; it never falls back.
 """
@@ -66,12 +66,17 @@ def _order(call: ConvCall) -> List[str]:
     return ["cpu", "triton", "torch"]
 
 
+#: Why the CUDA kernels go first on CUDA devices, for every pass. Both GPU backends are verified in every test
+#: run (the CUDA kernels under the CUDA emulation, the Triton kernels under the interpreter); no GPU has measured
+#: either, so the static prediction decides until measurements exist: for every benchmark shape and pass the
+#: CUDA kernels' predicted useful TFLOP/s is 3-30x the best Triton config's (forward/backward-input 9.6 vs 3.4
+#: at 56x56 k31, weight gradient 27.8 vs 0.9; `python -m bench.sass`).
+CUDA_RULE = ("cuda before triton for every pass: predicted (static) useful TFLOP/s, "
+             "bench/results/sass-static.json; no GPU measurement yet")
+
+
 def _cuda_order(call: ConvCall) -> List[str]:
-    # The rule must come from measurements on a GPU (bench/results/), and none exist yet. Until then
-    # correctness decides: the Triton kernels are verified in CI (interpreter), the CUDA kernels are only
-    # compiled there, so Triton goes first; the CUDA kernels run when forced (use_backend("cuda")) or when
-    # Triton cannot run a call.
-    return ["triton", "cuda", "torch"]
+    return ["cuda", "triton", "torch"]
 
 
 def select(call: ConvCall) -> Backend:
@@ -121,6 +126,8 @@ def explain(input: torch.Tensor, weight: torch.Tensor, stride: IntPair = 1, padd
             lines.append(f"refused ({pass_name}): {exc}")
     how = f" (forced by use_backend/{ENV_VAR})" if forced else ""
     lines.append("runs on: " + ", ".join(f"{p} -> {b}" for p, b in chosen.items() if b) + how)
+    if call.device.type == "cuda" and not forced:
+        lines.append(f"rule: {CUDA_RULE}")
     for pass_name in PASSES:
         pcall = dataclasses.replace(call, pass_name=pass_name)
         others = [n for n in _order(pcall) + [n for n in BACKENDS if n not in _order(pcall)] if n != chosen[pass_name]]

@@ -87,3 +87,21 @@ def test_info_command_lists_backends():
     out = subprocess.run([sys.executable, "-m", "lkconv.info"], capture_output=True, text=True, check=True).stdout
     for word in ("torch", "triton", "lkconv._C", "backends:", "cpu", "cuda"):
         assert word in out
+
+
+def test_cuda_order_follows_the_static_prediction():
+    import json
+    import os
+
+    assert dispatch._cuda_order(None)[:2] == ["cuda", "triton"]
+    evidence = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "results",
+                            "sass-static.json")
+    assert "sass-static.json" in dispatch.CUDA_RULE and os.path.exists(evidence)
+    with open(evidence) as f:
+        data = json.load(f)
+    assert data["kind"] == "predicted (static)"
+    best = {}
+    for p in data["predictions"]:
+        key = (p["shape"], p["pass_"], p["dtype"])
+        best.setdefault(key, {})[p["impl"]] = p["predicted_useful_tflops"]
+    assert best and all(v["cuda"] > v["triton"] for v in best.values() if "triton" in v and "cuda" in v)

@@ -1,0 +1,540 @@
+"""`python -m bench.sass`: a static performance report of the GPU kernels from their sm_90 (and sm_80) code,
+made without a GPU. Every number it prints is a PREDICTION (static), never a measurement.
+
+For each CUDA kernel instantiation (nvcc -cubin with setup.py's flags) and each Triton autotune config
+(compiled for GPUTarget("cuda", 90, 32)) it reads, with cuobjdump from Triton's bundled tools:
+  - registers, spilled bytes (local memory), static shared memory;
+  - the hot loop: the innermost loop (a backward branch) with the most math instructions, and its instruction mix
+    (FFMA, HFMA2, HMMA/HGMMA, FMUL/FADD, LDS/LDSM, LDG, STS/STG, integer/address arithmetic, moves, branches...);
+  - occupancy at the launch configuration the launcher picks for the benchmark shapes (the CUDA launchers'
+    own tile choice, taken from the emulation module on an emulated H100; the Triton kernels' for each config).
+The prediction: a kernel issue-bound on the FP32 pipe reaches at most (FFMA share of the hot loop's issued
+instructions) x (useful multiply-adds / multiply-adds the hot loop performs: padding taps, cropped strips and
+idle threads cost work) x the FP32 CUDA-core peak. It leaves out the code outside the hot loop (loaders,
+reductions), memory stalls and occupancy limits, so it is an upper bound of the issue-bound speed; the report
+says which of those it ignored for each kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: H100 SXM: 132 SMs at 1.98 GHz boost, 128 FP32 lanes per SM: 66.9 TFLOP/s (DESIGN.md section 4).
+PEAK_FP32_TFLOPS = {"sm_90": 66.9, "sm_80": 19.5}
+#: Per-SM limits used by the occupancy calculation (CUDA occupancy calculator values).
+SM_LIMITS = {
+    "sm_90": dict(max_warps=64, max_blocks=32, regs=65536, smem=233472, reg_unit=256, smem_unit=128,
+                  smem_reserved=1024),
+    "sm_80": dict(max_warps=64, max_blocks=32, regs=65536, smem=167936, reg_unit=256, smem_unit=128,
+                  smem_reserved=1024),
+}
+#: (name, N, C, H=W, kh, kw): the benchmark shapes of the report.
+SHAPES = [("56x56 k31", 64, 256, 56, 31, 31), ("28x28 k29", 64, 256, 28, 29, 29), ("14x14 k27", 64, 512, 14, 27, 27),
+          ("7x7 k13", 64, 1024, 7, 13, 13), ("56x56 k51x5", 64, 128, 56, 51, 5)]
+
+CATEGORIES = [
+    ("FFMA", ("FFMA",)), ("HFMA2", ("HFMA2",)), ("MMA", ("HMMA", "HGMMA", "WGMMA", "IMMA", "BMMA")),
+    ("FADD/FMUL", ("FADD", "FMUL", "FMNMX", "FSEL", "FSETP")),
+    ("LDS", ("LDS", "LDSM")), ("LDG", ("LDG", "LD", "LDGSTS", "UTMALDG")), ("STS", ("STS",)), ("STG", ("STG", "ST")),
+    ("BAR/SHFL", ("BAR", "SHFL", "WARPSYNC", "SYNCS", "DEPBAR")),
+    ("branch", ("BRA", "BRX", "EXIT", "RET", "CALL", "BSSY", "BSYNC", "JMP")),
+    ("move", ("MOV", "UMOV", "IMAD.MOV", "SEL", "PRMT", "S2R", "S2UR", "CS2R", "LDC", "ULDC", "R2UR")),
+    ("int/address", ("IMAD", "IADD3", "IADD", "LEA", "ISETP", "LOP3", "SHF", "VIADD", "IABS", "IMNMX", "UIADD3",
+                     "UIMAD", "ULEA", "USHF", "ULOP3", "UISETP", "I2F", "F2I", "PLOP3", "VIMNMX", "USEL", "P2R",
+                     "R2P", "POPC", "FLO", "BMSK", "SGXT")),
+    ("convert", ("F2F", "F2FP", "HADD2", "HMUL2", "I2FP", "F2IP")),
+]
+MATH = ("FFMA", "HFMA2", "MMA")
+
+
+def category(opcode: str) -> str:
+    for name, prefixes in CATEGORIES:
+        for p in prefixes:
+            if opcode == p or opcode.startswith(p + "."):
+                return name
+    return "other"
+
+
+@dataclass
+class Instr:
+    addr: int
+    opcode: str
+    operands: str
+
+    @property
+    def branch_target(self) -> Optional[int]:
+        if not self.opcode.startswith("BRA"):
+            return None
+        m = re.search(r"0x([0-9a-f]+)", self.operands)
+        return int(m.group(1), 16) if m else None
+
+
+_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
+
+
+def parse_sass(text: str) -> Dict[str, List[Instr]]:
+    """{function: instructions} from `cuobjdump -sass` output."""
+    funcs: Dict[str, List[Instr]] = {}
+    current = None
+    for line in text.splitlines():
+        m = re.match(r"\s*Function : (\S+)", line)
+        if m:
+            current = m.group(1)
+            funcs[current] = []
+            continue
+        m = _LINE.search(line)
+        if m and current is not None:
+            funcs[current].append(Instr(int(m.group(1), 16), m.group(3), m.group(4).strip()))
+    return funcs
+
+
+def parse_resources(text: str) -> Dict[str, Dict[str, int]]:
+    """{function: {REG, STACK, SHARED, LOCAL}} from `cuobjdump -res-usage` output."""
+    out, current = {}, None
+    for line in text.splitlines():
+        m = re.match(r"\s*Function (\S+):", line)
+        if m:
+            current = m.group(1)
+            continue
+        if current and "REG:" in line:
+            out[current] = {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", line)}
+            current = None
+    return out
+
+
+@dataclass
+class Loop:
+    start: int
+    end: int
+    mix: Dict[str, int]
+
+    @property
+    def size(self) -> int:
+        return sum(self.mix.values())
+
+
+def loops(instrs: Sequence[Instr]) -> List[Loop]:
+    """Every loop (a backward branch and its target), innermost first, with its instruction mix."""
+    found = []
+    for ins in instrs:
+        target = ins.branch_target
+        if target is not None and target <= ins.addr:
+            body = [i for i in instrs if target <= i.addr <= ins.addr]
+            found.append(Loop(target, ins.addr, dict(Counter(category(i.opcode) for i in body))))
+    innermost = [lp for lp in found
+                 if not any(o is not lp and lp.start <= o.start and o.end <= lp.end and (o.start, o.end) != (lp.start, lp.end)
+                            for o in found)]
+    return sorted(innermost, key=lambda lp: lp.start)
+
+
+def hot_loop(instrs: Sequence[Instr]) -> Optional[Loop]:
+    """The innermost loop with the most multiply-add instructions (ties: the denser one); a kernel that
+    multiplies and adds separately is judged by its FMUL/FADD loop."""
+    for kinds in (MATH, ("FADD/FMUL",)):
+        candidates = [lp for lp in loops(instrs) if any(lp.mix.get(m, 0) for m in kinds)]
+        if candidates:
+            return max(candidates, key=lambda lp: (sum(lp.mix.get(m, 0) for m in kinds),
+                                                   sum(lp.mix.get(m, 0) for m in kinds) / lp.size))
+    return None
+
+
+def occupancy(arch: str, regs: int, smem_per_block: int, threads: int) -> Dict[str, float]:
+    """Resident warps per SM (and the fraction of the maximum) for a kernel at a launch configuration."""
+    lim = SM_LIMITS[arch]
+    warps = math.ceil(threads / 32)
+    regs_per_warp = math.ceil(max(regs, 1) * 32 / lim["reg_unit"]) * lim["reg_unit"]
+    by_regs = lim["regs"] // (regs_per_warp * warps) if regs else lim["max_blocks"]
+    smem = math.ceil((smem_per_block + lim["smem_reserved"]) / lim["smem_unit"]) * lim["smem_unit"]
+    by_smem = lim["smem"] // smem if smem_per_block else lim["max_blocks"]
+    blocks = max(0, min(lim["max_blocks"], lim["max_warps"] // warps, by_regs, by_smem))
+    limiter = min((("registers", by_regs), ("shared memory", by_smem), ("warps", lim["max_warps"] // warps)),
+                  key=lambda kv: kv[1])[0]
+    return dict(blocks=blocks, warps=blocks * warps, fraction=blocks * warps / lim["max_warps"], limiter=limiter)
+
+
+# ---- tools -------------------------------------------------------------------------------------------------------
+def nvidia_tool(name: str) -> str:
+    """cuobjdump / nvdisasm: Triton's bundled copies, else the CUDA toolkit's."""
+    try:
+        import triton
+
+        path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+        if os.path.isfile(path):
+            return path
+    except ImportError:
+        pass
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} not found (it ships with Triton and the CUDA toolkit)")
+    return found
+
+
+def inspect_cubin(cubin: str) -> Tuple[Dict[str, List[Instr]], Dict[str, Dict[str, int]]]:
+    tool = nvidia_tool("cuobjdump")
+    sass = subprocess.run([tool, "-sass", cubin], capture_output=True, text=True, check=True).stdout
+    res = subprocess.run([tool, "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
+    return parse_sass(sass), parse_resources(res)
+
+
+def demangle(names: Sequence[str]) -> Dict[str, str]:
+    """Readable kernel names: demangled, without namespaces, return type and parameter list."""
+    filt = shutil.which("c++filt")
+    if not filt or not names:
+        return {n: n for n in names}
+    out = subprocess.run([filt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    if len(out) != len(names):
+        return {n: n for n in names}
+    short = [re.sub(r"\(.*$", "", re.sub(r"^void |[\w:]*\(anonymous namespace\)::|lkconv::cuda::", "", o))
+             for o in out]
+    return dict(zip(names, short))
+
+
+# ---- the CUDA kernels ----------------------------------------------------------------------------------------------
+CUDA_FILES = ("correlate_kernel.cu", "wgrad_kernel.cu")
+
+
+def compile_cuda(arch: str, cache: str) -> List[str]:
+    """cubins of the CUDA kernel files for `arch` (cached by source hash)."""
+    import torch.utils.cpp_extension as ext
+
+    nvcc = shutil.which("nvcc") or os.path.join(ext.CUDA_HOME or "", "bin", "nvcc")
+    if not os.path.isfile(nvcc):
+        raise FileNotFoundError("nvcc not found: the CUDA kernels' static report needs the CUDA toolkit")
+    cuda_dir = os.path.join(ROOT, "csrc", "cuda")
+    includes = ext.include_paths(device_type="cuda") if "device_type" in ext.include_paths.__code__.co_varnames \
+        else ext.include_paths(cuda=True)
+    out = []
+    for name in CUDA_FILES:
+        src = os.path.join(cuda_dir, name)
+        digest = hashlib.sha256()
+        for f in (src, os.path.join(cuda_dir, "depthwise_cuda.cuh")):
+            with open(f, "rb") as fh:
+                digest.update(fh.read())
+        digest.update(arch.encode())
+        cubin = os.path.join(cache, f"{name}.{arch}.{digest.hexdigest()[:12]}.cubin")
+        if not os.path.exists(cubin):
+            os.makedirs(cache, exist_ok=True)
+            cmd = [nvcc, "-cubin", f"-arch={arch}", "-O3", "-lineinfo", "--expt-relaxed-constexpr",
+                   "-DLKCONV_WITH_CUDA", "-std=c++20", "-o", cubin, src] + [f"-I{p}" for p in includes]
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode:
+                raise RuntimeError(f"nvcc failed on {name}:\n{run.stderr[-3000:]}")
+        out.append(cubin)
+    return out
+
+
+@dataclass
+class KernelReport:
+    kernel: str            # readable name of the instantiation
+    arch: str
+    regs: int
+    spill_bytes: int
+    static_smem: int
+    hot_loop: Dict[str, int] = field(default_factory=dict)
+    ffma_share: float = 0.0  # FFMA share of the hot loop's issued instructions
+    note: str = ""
+    config: Dict[str, int] = field(default_factory=dict)  # Triton: block sizes and num_warps
+
+
+def kernel_reports(arch: str, cubins: Sequence[str]) -> List[KernelReport]:
+    reports = []
+    for cubin in cubins:
+        funcs, res = inspect_cubin(cubin)
+        names = demangle(list(funcs))
+        for mangled, instrs in funcs.items():
+            r = res.get(mangled, {})
+            loop = hot_loop(instrs)
+            rep = KernelReport(names[mangled], arch, r.get("REG", 0), r.get("LOCAL", 0) + r.get("STACK", 0),
+                               r.get("SHARED", 0))
+            if loop:
+                rep.hot_loop = loop.mix
+                rep.ffma_share = loop.mix.get("FFMA", 0) / loop.size
+            else:
+                rep.note = "no loop with math instructions"
+            reports.append(rep)
+    return reports
+
+
+def _instantiation(name: str) -> Optional[Tuple[str, str, Tuple[int, ...]]]:
+    """('correlate'|'wgrad'|'finalize', dtype, template ints) of a demangled kernel name."""
+    m = re.search(r"(correlate_kernel|wgrad_kernel|wgrad_finalize_kernel)<([^,>]+)((?:, \d+)*)>", name)
+    if not m:
+        return None
+    kind = {"correlate_kernel": "correlate", "wgrad_kernel": "wgrad", "wgrad_finalize_kernel": "finalize"}[m.group(1)]
+    dtype = {"float": "float32", "c10::Half": "float16", "c10::BFloat16": "bfloat16"}.get(m.group(2).strip(),
+                                                                                          m.group(2).strip())
+    ints = tuple(int(v) for v in re.findall(r"\d+", m.group(3)))
+    return kind, dtype, ints
+
+
+@dataclass
+class Prediction:
+    shape: str
+    pass_: str
+    dtype: str
+    impl: str
+    kernel: str
+    config: str
+    regs: int
+    spill_bytes: int
+    smem: int
+    threads: int
+    occupancy: float
+    occupancy_limiter: str
+    ffma_share: float
+    utilization: float          # useful multiply-adds / multiply-adds the hot loop performs
+    predicted_useful_tflops: float
+    ignores: str
+
+
+def _useful_macs(n, c, h, w, kh, kw, pad) -> float:
+    from lkconv.geometry import ConvCall
+
+    import torch
+
+    call = ConvCall(n, c, h, w, kh, kw, (pad[0], pad[0], pad[1], pad[1]), (1, 1), (1, 1), torch.device("cpu"),
+                    torch.float32, False)
+    return float(n * c * call.useful_taps())
+
+
+def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Prediction]:
+    """Per benchmark shape, pass and dtype: the instantiation the launcher picks (tile choice of the emulated
+    H100) and its issue-bound prediction."""
+    from lkconv import cuda_emulation
+
+    emu = cuda_emulation.build()
+    emu.select_device("h100")
+    by_inst = {}
+    for r in reports:
+        inst = _instantiation(r.kernel)
+        if inst:
+            by_inst[inst] = r
+    out = []
+    for shape, n, c, size, kh, kw in SHAPES:
+        pad = (kh // 2, kw // 2)
+        useful = _useful_macs(n, c, size, size, kh, kw, pad)
+        for pass_ in ("forward", "backward_input", "backward_weight"):
+            cfg = emu.cuda_tile_config(pass_, size, size, kh, kw, [pad[0], pad[0], pad[1], pad[1]], False)
+            if cfg["refusal"] or not cfg["kernel"]:
+                continue
+            khc, kwc = cfg["useful_taps"]
+            if cfg["kernel"] == "correlate_kernel":
+                tw, ry, planes, rows = cfg["tile_w"], cfg["rows_per_thread"], cfg["planes"], cfg["thread_rows"]
+                th = rows * ry
+                blocks = n * math.ceil(c / planes) * math.ceil(size / th) * math.ceil(size / tw)
+                performed = blocks * cfg["threads"] * ry * khc * kwc
+                config = f"TW={tw} RY={ry} planes={planes} rows={rows}"
+                key_ints = (tw, ry)
+                kind = "correlate"
+                ignores = "the tile loader (global -> shared), the strip edges' predicated path, the bias/store"
+            else:
+                th, img, tw = cfg["tile_h"], cfg["images"], cfg["tile_w"]
+                khp, kwp = cfg["taps_padded"]
+                units = math.ceil(n / img) * math.ceil(size / th) * math.ceil(size / tw)
+                performed = c * units * 32 * tw * khp * kwp
+                config = f"tile {th}x{tw} images={img} taps {khp}x{kwp}"
+                key_ints = ()
+                kind = "wgrad"
+                ignores = "the tile loader, the per-tile warp butterfly reduction, the finalize kernel"
+            for dtype in ("float32", "bfloat16"):
+                rep = by_inst.get((kind, dtype, key_ints))
+                if rep is None:
+                    continue
+                occ = occupancy(arch, rep.regs, cfg["smem"] + rep.static_smem, cfg["threads"])
+                util = useful / performed
+                out.append(Prediction(shape, pass_, dtype, "cuda", rep.kernel, config, rep.regs, rep.spill_bytes,
+                                      cfg["smem"], cfg["threads"], occ["fraction"], occ["limiter"], rep.ffma_share,
+                                      util, PEAK_FP32_TFLOPS[arch] * rep.ffma_share * util, ignores))
+    return out
+
+
+# ---- the Triton kernels -------------------------------------------------------------------------------------------
+def triton_reports(arch_num: int = 90) -> List[KernelReport]:
+    """Every autotune config of every Triton kernel, compiled for sm_90 without a GPU (float32 and bfloat16)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("TRITON_INTERPRET=1 makes Triton interpret instead of compile; unset it (or pass "
+                           "--no-triton)")
+    from lkconv import triton_kernels as tk
+
+    target = GPUTarget("cuda", arch_num, 32)
+    reports = []
+    kernels = [("correlate_nchw", tk._correlate_nchw_kernel, tk._NCHW_BLOCKS),
+               ("correlate_cl", tk._correlate_cl_kernel, tk._CL_BLOCKS),
+               ("wgrad", tk._wgrad_kernel, tk._WGRAD_BLOCKS)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, autotuned, blocks in kernels:
+            fn = autotuned.fn
+            params = [p for p in fn.arg_names]
+            constexpr_names = [p.name for p in fn.params if p.is_constexpr]
+            for names, values in blocks:
+                for warps in (4, 8):
+                    for dtype in ("fp32", "bf16"):
+                        sig, consts = {}, dict(zip(names, values))
+                        for p in params:
+                            if p in constexpr_names:
+                                sig[p] = "constexpr"
+                            elif p in ("src", "w", "bias", "out", "x", "g"):
+                                sig[p] = f"*{dtype}"
+                            elif p == "partial":
+                                sig[p] = "*fp32"
+                            else:  # sizes and strides: Python ints, which Triton passes as i32 when they fit
+                                sig[p] = "i32"
+                        for flag in ("FLIP", "HAS_BIAS"):
+                            if flag in constexpr_names:
+                                consts.setdefault(flag, False)
+                        if "BLOCK_J" in constexpr_names:
+                            consts.setdefault("BLOCK_J", 32)  # a 31-tap row
+                        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
+                        compiled = triton.compile(src, target=target, options={"num_warps": warps})
+                        cubin = os.path.join(tmp, f"{name}.cubin")
+                        with open(cubin, "wb") as f:
+                            f.write(compiled.asm["cubin"])
+                        funcs, res = inspect_cubin(cubin)
+                        for func, instrs in funcs.items():
+                            r = res.get(func, {})
+                            loop = hot_loop(instrs)
+                            cfg = ", ".join(f"{k}={v}" for k, v in zip(names, values))
+                            rep = KernelReport(f"triton {name} [{cfg}, warps={warps}] {dtype}", f"sm_{arch_num}",
+                                               r.get("REG", 0), r.get("LOCAL", 0) + r.get("STACK", 0),
+                                               compiled.metadata.shared,
+                                               config=dict(zip(names, values), num_warps=warps))
+                            if loop:
+                                rep.hot_loop = loop.mix
+                                rep.ffma_share = loop.mix.get("FFMA", 0) / loop.size
+                            reports.append(rep)
+    return reports
+
+
+def triton_predictions(reports: Sequence[KernelReport], arch: str = "sm_90") -> List[Prediction]:
+    """Per benchmark shape, pass and dtype: the Triton config with the best issue-bound prediction (the
+    autotuner picks by measurement on a GPU; this is the best it could do by this model)."""
+    from lkconv.triton_kernels import _useful_taps
+
+    out = []
+    for shape, n, c, size, kh, kw in SHAPES:
+        pad = (kh // 2, kw // 2)
+        useful = _useful_macs(n, c, size, size, kh, kw, pad)
+        for pass_ in ("forward", "backward_input", "backward_weight"):
+            if pass_ == "backward_input":
+                i0, i1 = _useful_taps(kh, size, size, kh - 1 - pad[0])
+                j0, j1 = _useful_taps(kw, size, size, kw - 1 - pad[1])
+            else:
+                i0, i1 = _useful_taps(kh, size, size, pad[0])
+                j0, j1 = _useful_taps(kw, size, size, pad[1])
+            khc, kwc = i1 - i0 + 1, j1 - j0 + 1
+            for dtype, tdt in (("float32", "fp32"), ("bfloat16", "bf16")):
+                best = None
+                for r in reports:
+                    name = r.kernel.split()[1] if r.kernel.startswith("triton ") else ""
+                    if not r.kernel.endswith(tdt) or (pass_ == "backward_weight") != (name == "wgrad"):
+                        continue
+                    cfg = r.config
+                    if name == "correlate_nchw":
+                        bh, bw = cfg["BLOCK_H"], cfg["BLOCK_W"]
+                        performed = n * c * math.ceil(size / bh) * bh * math.ceil(size / bw) * bw * khc * kwc
+                        threads = 32 * cfg["num_warps"]
+                        smem = 0
+                    elif name == "correlate_cl":
+                        bp, bc = cfg["BLOCK_P"], cfg["BLOCK_C"]
+                        performed = math.ceil(n * size * size / bp) * bp * math.ceil(c / bc) * bc * khc * kwc
+                        threads, smem = 32 * cfg["num_warps"], 0
+                    elif name == "wgrad":
+                        bp, bj = cfg["BLOCK_P"], 1 << max(0, (kwc - 1).bit_length())
+                        performed = c * khc * math.ceil(n * size * size / bp) * bp * bj
+                        threads, smem = 32 * cfg["num_warps"], 0
+                    else:
+                        continue
+                    share = r.ffma_share or (r.hot_loop.get("FADD/FMUL", 0) / 2 / max(1, sum(r.hot_loop.values())))
+                    util = useful / performed
+                    occ = occupancy(arch, r.regs, smem + r.static_smem, threads)
+                    pred = Prediction(shape, pass_, dtype, "triton", r.kernel, r.kernel.split("[")[1].split("]")[0],
+                                      r.regs, r.spill_bytes, smem + r.static_smem, threads, occ["fraction"],
+                                      occ["limiter"], share, util, PEAK_FP32_TFLOPS[arch] * share * util,
+                                      "code outside the loop, global-memory latency (no shared-memory reuse)")
+                    if best is None or pred.predicted_useful_tflops > best.predicted_useful_tflops:
+                        best = pred
+                if best:
+                    out.append(best)
+    return out
+
+
+# ---- output ---------------------------------------------------------------------------------------------------------
+def table(predictions: Sequence[Prediction], reports: Sequence[KernelReport]) -> str:
+    lines = ["PREDICTED (static, from the sm_90 code; no GPU measured these)", "",
+             f"{'shape':<12} {'pass':<16} {'dtype':<9} {'impl':<7} {'config':<38} {'regs':>4} {'spill':>5} {'occ':>5} "
+             f"{'FFMA%':>6} {'useful%':>7} {'pred. useful TFLOP/s':>21}"]
+    for p in predictions:
+        lines.append(f"{p.shape:<12} {p.pass_:<16} {p.dtype:<9} {p.impl:<7} {p.config[:38]:<38} {p.regs:>4} "
+                     f"{p.spill_bytes:>5} "
+                     f"{100 * p.occupancy:>4.0f}% {100 * p.ffma_share:>5.1f}% {100 * p.utilization:>6.1f}% "
+                     f"{p.predicted_useful_tflops:>21.1f}")
+    lines += ["", f"{'kernel':<72} {'regs':>4} {'spill':>5} {'hot loop: instructions by class':<40}"]
+    for r in reports:
+        mix = " ".join(f"{k}:{v}" for k, v in sorted(r.hot_loop.items(), key=lambda kv: -kv[1]))
+        lines.append(f"{r.kernel[:72]:<72} {r.regs:>4} {r.spill_bytes:>5} FFMA {100 * r.ffma_share:.0f}% | {mix}"
+                     + (f" ({r.note})" if r.note else ""))
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.sass", description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="sm_90,sm_80", help="comma list of sm_90, sm_80")
+    p.add_argument("--no-triton", action="store_true", help="only the CUDA kernels")
+    p.add_argument("--out", default=None, help="results JSON (predictions, labelled static)")
+    p.add_argument("--cache", default=os.path.join(ROOT, "build", "sass"), help="where cubins are cached")
+    args = p.parse_args(argv)
+    archs = [a.strip() for a in args.arch.split(",") if a.strip()]
+    bad = [a for a in archs if a not in PEAK_FP32_TFLOPS]
+    if bad:
+        p.error(f"argument --arch: unknown {bad}; choose from {', '.join(PEAK_FP32_TFLOPS)}")
+    try:
+        all_reports, predictions = [], []
+        for arch in archs:
+            reports = kernel_reports(arch, compile_cuda(arch, args.cache))
+            all_reports += reports
+            if arch == "sm_90":
+                predictions += cuda_predictions(reports, arch)
+        if not args.no_triton:
+            triton = triton_reports(90)
+            all_reports += triton
+            predictions += triton_predictions(triton)
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"python -m bench.sass: error: {exc}", file=sys.stderr)
+        return 2
+    print(table(predictions, all_reports))
+    if args.out:
+        from .environment import describe_environment
+
+        import torch
+
+        data = dict(kind="predicted (static)", environment=describe_environment(torch.device("cpu")),
+                    peak_fp32_tflops=PEAK_FP32_TFLOPS, model=__doc__.split("\n\n")[1],
+                    predictions=[dataclasses.asdict(x) for x in predictions],
+                    kernels=[dataclasses.asdict(r) for r in all_reports])
+        from .results import _atomic_write
+
+        _atomic_write(args.out, json.dumps(data, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
