@@ -2,7 +2,9 @@
 
 The same `.cu` sources and host launchers that nvcc compiles for the GPU are compiled here with g++ against
 `csrc/cuda_emulation` (threads as fibers, real barriers and warp exchanges, checked shared memory, launch
-limits, a table of emulated GPUs; see lkemu.h), with UndefinedBehaviorSanitizer. Loading the module enables the
+limits, a table of emulated GPUs; see lkemu.h), with UndefinedBehaviorSanitizer, and optionally with
+AddressSanitizer on global memory (`build(address_sanitizer=True)`, imported by a process that preloads the ASan
+runtime). Loading the module enables the
 `cuda_emu` backend, which runs on CPU tensors and is used only when forced:
 
     from lkconv import cuda_emulation
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 from typing import Dict, Optional
 
@@ -46,11 +49,29 @@ def _build_root() -> str:
                                                                         "cuda_emulation")
 
 
-def build(cuda_sources: Optional[Dict[str, str]] = None, verbose: bool = False):
+ASAN_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer"]
+
+
+def asan_runtime() -> str:
+    """The AddressSanitizer runtime of the compiler, which a process must preload to import an ASan build."""
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        path = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise FileNotFoundError(f"cannot locate libasan with {cxx}: {exc}") from None
+    if not os.path.isabs(path) or not os.path.exists(path):
+        raise FileNotFoundError(f"{cxx} has no AddressSanitizer runtime (libasan.so)")
+    return path
+
+
+def build(cuda_sources: Optional[Dict[str, str]] = None, verbose: bool = False, address_sanitizer: bool = False):
     """Compile (or reuse the cached build of) the emulation module and return it, without enabling the backend.
 
     `cuda_sources` replaces files of csrc/cuda by other text (file name -> source), e.g. a copy of a kernel with
-    a bug planted in it, to check that the emulation catches it."""
+    a bug planted in it, to check that the emulation catches it. With `address_sanitizer` the kernels' global
+    memory accesses are checked by ASan; only a process that preloads `asan_runtime()` can build and import such
+    a module (run it with `address_sanitizer_env()`)."""
     from torch.utils import cpp_extension
 
     root = source_root()
@@ -73,7 +94,9 @@ def build(cuda_sources: Optional[Dict[str, str]] = None, verbose: bool = False):
     for header in ("depthwise_cuda.cuh",):
         with open(os.path.join(cuda_dir, header), "rb") as fh:
             digest.update(fh.read())
-    digest.update(" ".join(CFLAGS + LDFLAGS).encode())
+    cflags = CFLAGS + (ASAN_FLAGS if address_sanitizer else [])
+    ldflags = LDFLAGS + (["-fsanitize=address"] if address_sanitizer else [])
+    digest.update(" ".join(cflags + ldflags).encode())
     key = digest.hexdigest()[:16]
     name = f"lkconv_cuda_emu_{key}"
     if name in _loaded:
@@ -90,12 +113,23 @@ def build(cuda_sources: Optional[Dict[str, str]] = None, verbose: bool = False):
         _write_if_changed(wrapper, f'#include "{copy}"\n')
         sources.append(wrapper)
     sources += [os.path.join(emu_dir, s) for s in EMULATION_SOURCES]
-    module = cpp_extension.load(
-        name=name, sources=sources, build_directory=build_dir, verbose=verbose, with_cuda=False,
-        extra_include_paths=[os.path.join(emu_dir, "include"), emu_dir, cuda_dir, root],
-        extra_cflags=CFLAGS, extra_ldflags=LDFLAGS)
+    options = dict(name=name, sources=sources, build_directory=build_dir, verbose=verbose, with_cuda=False,
+                   extra_include_paths=[os.path.join(emu_dir, "include"), emu_dir, cuda_dir, root],
+                   extra_cflags=cflags, extra_ldflags=ldflags)
+    if address_sanitizer and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        raise RuntimeError("an AddressSanitizer build of the emulation needs a process that preloads the ASan "
+                           "runtime: run it with lkconv.cuda_emulation.address_sanitizer_env()")
+    module = cpp_extension.load(**options)
     _loaded[name] = module
     return module
+
+
+def address_sanitizer_env() -> Dict[str, str]:
+    """The environment of a process that imports an AddressSanitizer build of the emulation."""
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = asan_runtime()
+    env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=0:halt_on_error=1"  # PyTorch and Python leak by design
+    return env
 
 
 def _write_if_changed(path: str, text: str) -> None:

@@ -4,6 +4,8 @@ non-finite rule with cropped taps, and bindings that do not trust their caller."
 
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -38,19 +40,24 @@ PLANTS = [
     ("for (int e = threadIdx.x; e < P * taps; e += nthreads)",
      "for (int e = threadIdx.x; e < P * taps + (::lkemu::planted_bug == 2); e += nthreads)"),
     ("if (y < p.oh) out[y * p.out_v.sh]", "if (y + (::lkemu::planted_bug == 3) < p.oh) out[y * p.out_v.sh]"),
+    ("sx >= 0 && sx < p.w_)", "sx >= 0 && sx < p.w_ + (::lkemu::planted_bug == 4))"),  # 4: global overflow
 ]
 BUGS = {1: "read of never-written shared memory|race", 2: "outside the block's", 3: None}
+
+
+def _planted_source():
+    source = _source("correlate_kernel.cu")
+    for old, new in PLANTS:
+        assert source.count(old) == 1, f"the planted change no longer applies to the source: {old!r}"
+        source = source.replace(old, new)
+    return source
 
 
 @pytest.fixture(scope="module")
 def planted_module(cuda_emu_module):
     from lkconv import cuda_emulation
 
-    source = _source("correlate_kernel.cu")
-    for old, new in PLANTS:
-        assert source.count(old) == 1, f"the planted change no longer applies to the source: {old!r}"
-        source = source.replace(old, new)
-    return cuda_emulation.build({"correlate_kernel.cu": source})
+    return cuda_emulation.build({"correlate_kernel.cu": _planted_source()})
 
 
 @pytest.mark.parametrize("bug", list(BUGS), ids=["missing-barrier", "off-by-one", "unwritten-output"])
@@ -69,6 +76,55 @@ def test_planted_bug_is_caught(bug, planted_module, cuda_emu):
                 module.cuda_forward(x, w, None, [2, 2, 2, 2], False)
     finally:
         module.set_planted_bug(0)
+
+
+ASAN_SCRIPT = r"""
+import sys
+import torch
+import torch.nn.functional as F
+from lkconv import cuda_emulation
+
+with open(sys.argv[1]) as f:
+    module = cuda_emulation.build({"correlate_kernel.cu": f.read()}, address_sanitizer=True)
+module.select_device("h100")
+# The kernels as they are, on tensors and views whose ends are the ends of their allocations.
+for n, c, h, w, k in ((1, 1, 9, 11, 5), (2, 3, 7, 7, 13), (1, 2, 20, 24, 31), (3, 1, 5, 57, 9)):
+    x, wt, g = torch.randn(n, c, h, w), torch.randn(c, 1, k, k), torch.randn(n, c, h, w)
+    for layout in ("nchw", "channels_last", "view"):
+        xx = {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last),
+              "view": torch.randn(n, c, h, w + 3)[..., 3:]}[layout]
+        pad = [k // 2] * 4
+        y = module.cuda_forward(xx, wt, None, pad, layout == "channels_last")
+        assert torch.allclose(y, F.conv2d(xx, wt, None, 1, k // 2, 1, c), atol=1e-4, rtol=1e-4)
+        module.cuda_backward_input(g, wt, h, w, pad, False)
+        module.cuda_backward_weight(g, xx, k, k, pad, False)
+print("clean", flush=True)
+module.set_planted_bug(4)
+x = torch.randn(1, 1, 6, 6)
+module.cuda_forward(x, torch.randn(1, 1, 5, 5), None, [2, 2, 2, 2], False)
+print("not caught", flush=True)
+"""
+
+
+def test_global_memory_under_address_sanitizer(tmp_path):
+    """The CUDA kernels under AddressSanitizer (in a process of their own, which preloads the ASan runtime):
+    clean on every layout, and a planted one-past-the-row read is reported as a heap-buffer-overflow."""
+    from lkconv import cuda_emulation
+
+    try:
+        env = cuda_emulation.address_sanitizer_env()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    env.pop("TRITON_INTERPRET", None)
+    source = tmp_path / "correlate_kernel.cu"
+    source.write_text(_planted_source())
+    script = tmp_path / "asan_check.py"
+    script.write_text(ASAN_SCRIPT)
+    run = subprocess.run([sys.executable, str(script), str(source)], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert "clean" in run.stdout, run.stderr[-3000:]
+    assert "not caught" not in run.stdout and run.returncode != 0
+    assert "heap-buffer-overflow" in run.stderr and "correlate_kernel" in run.stderr
 
 
 def test_launch_bounds_hold_for_every_launch(cuda_emu):

@@ -15,6 +15,16 @@
 
 #include "lkemu_control.h"
 
+// Under AddressSanitizer, tell it about every stack switch (fibers have their own stacks).
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define LKEMU_START_SWITCH(save, bottom, size) __sanitizer_start_switch_fiber(save, bottom, size)
+#define LKEMU_FINISH_SWITCH(save, bottom, size) __sanitizer_finish_switch_fiber(save, bottom, size)
+#else
+#define LKEMU_START_SWITCH(save, bottom, size) ((void)0)
+#define LKEMU_FINISH_SWITCH(save, bottom, size) ((void)0)
+#endif
+
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
 thread_local dim3 blockDim;
@@ -76,6 +86,9 @@ struct BlockRun {
 
 thread_local BlockRun* g_run = nullptr;
 std::vector<char*> g_stacks;
+// The scheduler's stack, as AddressSanitizer reports it when a fiber starts or resumes.
+thread_local const void* g_sched_bottom = nullptr;
+thread_local std::size_t g_sched_size = 0;
 
 void report(const std::string& what) {
   ++g_error_count;
@@ -107,15 +120,21 @@ void set_thread_index(int t) {
 }
 
 void trampoline(int t) {
+  LKEMU_FINISH_SWITCH(nullptr, &g_sched_bottom, &g_sched_size);
   BlockRun* run = g_run;
   run->body(run->state);
   run->threads[t].state = State::kExited;
+  LKEMU_START_SWITCH(nullptr, g_sched_bottom, g_sched_size);  // this fiber's stack is done
   swapcontext(&run->threads[t].ctx, &run->scheduler);
 }
 
 void yield_to_scheduler() {
   BlockRun* run = g_run;
+  void* fake_stack = nullptr;
+  (void)fake_stack;
+  LKEMU_START_SWITCH(&fake_stack, g_sched_bottom, g_sched_size);
   swapcontext(&run->threads[run->current].ctx, &run->scheduler);
+  LKEMU_FINISH_SWITCH(fake_stack, &g_sched_bottom, &g_sched_size);
 }
 
 std::vector<int> order(int n, std::mt19937_64& rng) {
@@ -210,7 +229,11 @@ void run_block(BlockRun& run, int nthreads, std::mt19937_64& rng) {
       if (run.threads[t].state != State::kReady) continue;
       run.current = t;
       set_thread_index(t);
+      void* fake_stack = nullptr;
+      (void)fake_stack;
+      LKEMU_START_SWITCH(&fake_stack, stack(t), kStackBytes);
       swapcontext(&run.scheduler, &run.threads[t].ctx);
+      LKEMU_FINISH_SWITCH(fake_stack, nullptr, nullptr);
       ran = true;
       if (run.aborted) return;
     }
