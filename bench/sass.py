@@ -456,9 +456,10 @@ def triton_predictions(reports: Sequence[KernelReport], arch: str = "sm_90") -> 
                         bp, bc = cfg["BLOCK_P"], cfg["BLOCK_C"]
                         performed = math.ceil(n * size * size / bp) * bp * math.ceil(c / bc) * bc * khc * kwc
                         threads, smem = 32 * cfg["num_warps"], 0
-                    elif name == "wgrad":
+                    elif name == "wgrad":  # per (filter row, output row) whose input row is real: column blocks
                         bp, bj = cfg["BLOCK_P"], 1 << max(0, (kwc - 1).bit_length())
-                        performed = c * khc * math.ceil(n * size * size / bp) * bp * bj
+                        real_rows = sum(0 <= oy + i - pad[0] < size for i in range(i0, i1 + 1) for oy in range(size))
+                        performed = c * n * real_rows * math.ceil(size / bp) * bp * bj
                         threads, smem = 32 * cfg["num_warps"], 0
                     else:
                         continue

@@ -52,7 +52,9 @@ def report() -> str:
     width = max(len(k) for k in info)
     lines += [f"  {k:<{width}}  {v}" for k, v in info.items()]
     lines += ["", "backends:"]
-    lines += [f"  {name:<7} {status}" for name, status in available_backends().items()]
+    backends = available_backends()
+    name_width = max(len(n) for n in backends)
+    lines += [f"  {name:<{name_width}}  {status}" for name, status in backends.items()]
     return "\n".join(lines)
 
 

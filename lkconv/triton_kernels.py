@@ -35,7 +35,7 @@ def _configs(blocks, warps=(4, 8)):
 
 _NCHW_BLOCKS = [(("BLOCK_H", "BLOCK_W"), v) for v in ((8, 16), (16, 32), (32, 32), (8, 64), (16, 64))]
 _CL_BLOCKS = [(("BLOCK_P", "BLOCK_C"), v) for v in ((16, 16), (32, 32), (64, 32), (16, 64), (32, 64))]
-_WGRAD_BLOCKS = [(("BLOCK_P",), (v,)) for v in (32, 64, 128)]
+_WGRAD_BLOCKS = [(("BLOCK_P",), (v,)) for v in (16, 32, 64)]
 # Autotuning keys; triton adds the dtypes of the tensor arguments itself.
 _KEY = ["C", "H", "W", "OH", "OW", "KH", "KW", "KHC", "KWC", "FLIP"]
 
@@ -118,34 +118,41 @@ def _wgrad_kernel(x, g, partial, N, C, H, W, OH, OW,
                   x_sn, x_sc, x_sh, x_sw, g_sn, g_sc, g_sh, g_sw,
                   KI0, KJ0, KHC, KWC, PAD_T, PAD_L, SPLITS,
                   BLOCK_J: tl.constexpr, BLOCK_P: tl.constexpr):
+    # One program: filter row i of channel c over a fixed range of (image, output row) pairs. Row indices are
+    # scalar (uniform) arithmetic done once per row, a row whose input row is padding is skipped whole, and the
+    # products accumulate into a (columns x taps) tile with FMAs that is reduced once, after the loop.
+    # grad_out holds no non-finite values here (the op layer's non-finite rule zeroes them, nonfinite.py), so
+    # a masked (padding) input of 0 contributes exactly 0.
     pid = tl.program_id(0)
     split = tl.program_id(1)
-    c = (pid // KHC).to(tl.int64)
+    c = pid // KHC
     i = pid % KHC
     j = tl.arange(0, BLOCK_J)
     j_ok = j < KWC
-    total = N * OH * OW
-    chunk = tl.cdiv(total, SPLITS)
-    start = split * chunk
-    end = tl.minimum(start + chunk, total)
-    acc = tl.zeros((BLOCK_J,), dtype=tl.float32)
-    for p0 in range(start, end, BLOCK_P):
-        pix = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
-        p_ok = pix < end
-        n = pix // (OH * OW)
-        rem = pix % (OH * OW)
-        oy = rem // OW
-        ox = rem % OW
-        gv = tl.load(g + n * g_sn + c * g_sc + oy * g_sh + ox * g_sw, mask=p_ok, other=0.0).to(tl.float32)
+    rows = N * OH
+    chunk = tl.cdiv(rows, SPLITS)
+    r0 = split * chunk
+    r1 = tl.minimum(r0 + chunk, rows)
+    xc = x + c.to(tl.int64) * x_sc
+    gc = g + c.to(tl.int64) * g_sc
+    acc = tl.zeros((BLOCK_P, BLOCK_J), dtype=tl.float32)
+    for r in range(r0, r1):
+        n = r // OH
+        oy = r - n * OH
         sy = oy + KI0 + i - PAD_T
-        sx = ox[:, None] + (KJ0 - PAD_L + j)[None, :]
-        ok = (p_ok & (sy >= 0) & (sy < H))[:, None] & j_ok[None, :] & (sx >= 0) & (sx < W)
-        ptr = x + (n * x_sn + c * x_sc + sy * x_sh)[:, None] + sx * x_sw
-        xv = tl.load(ptr, mask=ok, other=0.0).to(tl.float32)
-        # Positions past the slice are masked in both operands: no 0 * Inf products.
-        acc += tl.sum(tl.where(ok, gv[:, None] * xv, 0.0), axis=0)
+        if (sy >= 0) & (sy < H):
+            x_row = xc + n.to(tl.int64) * x_sn + sy.to(tl.int64) * x_sh
+            g_row = gc + n.to(tl.int64) * g_sn + oy.to(tl.int64) * g_sh
+            for ox0 in range(0, OW, BLOCK_P):
+                ox = ox0 + tl.arange(0, BLOCK_P)
+                o_ok = ox < OW
+                gv = tl.load(g_row + ox * g_sw, mask=o_ok, other=0.0).to(tl.float32)
+                sx = ox[:, None] + (KJ0 - PAD_L + j)[None, :]
+                ok = o_ok[:, None] & j_ok[None, :] & (sx >= 0) & (sx < W)
+                xv = tl.load(x_row + sx * x_sw, mask=ok, other=0.0).to(tl.float32)
+                acc = tl.fma(gv[:, None], xv, acc)
     dst = partial + ((split * C + c) * KHC + i) * KWC + j
-    tl.store(dst, acc, mask=j_ok)
+    tl.store(dst, tl.sum(acc, axis=0), mask=j_ok)
 
 
 def _useful_taps(k: int, src_len: int, out_len: int, offset: int):
@@ -205,9 +212,9 @@ def backward_weight(grad_out: torch.Tensor, input: torch.Tensor, call: ConvCall)
     if i1 < i0 or j1 < j0:
         return grad_w
     khc, kwc = i1 - i0 + 1, j1 - j0 + 1
-    total = call.n * call.out_h * call.out_w
-    # Enough programs to fill a large GPU; the count depends on the shape only (reproducible results).
-    splits = max(1, min(triton.cdiv(total, 256), triton.cdiv(2048, call.c * khc)))
+    # Enough programs to fill a large GPU, each over whole output rows; the count depends on the shape only
+    # (reproducible results).
+    splits = max(1, min(call.n * call.out_h, triton.cdiv(2048, call.c * khc)))
     partial = torch.empty((splits, call.c, khc, kwc), dtype=torch.float32, device=input.device)
     _wgrad_kernel[(call.c * khc, splits)](
         input, grad_out, partial, call.n, call.c, call.h, call.w, call.out_h, call.out_w,
