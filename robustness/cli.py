@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src")
     c.add_argument("dst")
     c.add_argument("--corruptions", nargs="+", default=None, help="default: the 15 standard ones")
-    c.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    c.add_argument("--severities", nargs="+", type=int, choices=range(1, 6), default=[1, 2, 3, 4, 5],
+                   metavar="1..5")
     c.add_argument("--seed", type=int, default=0)
     return p
 

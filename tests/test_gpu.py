@@ -88,6 +88,22 @@ def test_stage_shapes(stage, layout, dtype, target):
     assert ours[0].is_contiguous(memory_format=fmt)
 
 
+@pytest.mark.parametrize("device", ["a100", "rtx4090", "tiny"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_core_cases_on_each_emulated_gpu(device, dtype, cuda_emu):
+    """The core cases on the other emulated GPUs (their shared-memory limits change the tile choice of large
+    filters; calls a GPU cannot run must be refused up front, never fail mid-call)."""
+    cuda_emu.select_device(device)
+    for case in cases(per_kernel=1, max_channels=3):
+        x64, x = make_inputs(case, dtype)
+        w = torch.randn(case.c, 1, case.kh, case.kw).to(dtype)
+        g = torch.randn(unfold_conv(x64, w.double(), None, padding=case.padding).shape).to(dtype)
+        try:
+            _check(x, x64, w, None, g, case.padding, "cuda_emu")
+        except lkconv.BackendNotSupportedError as exc:
+            assert "shared memory" in str(exc) and device == "tiny", exc
+
+
 @pytest.mark.parametrize("target", TARGETS, indirect=True)
 def test_no_reads_or_writes_outside_the_tensor(target):
     """The input is a window of a NaN-filled buffer (any read outside it poisons the result); outputs written
