@@ -40,6 +40,20 @@ def _add(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch
     return a if b is None else a + b
 
 
+def _save_operands(ctx, a: torch.Tensor, b: torch.Tensor, geometry: "Geometry") -> None:
+    """The operands of a bilinear op f(a, b): each one's gradient needs only the other, the tangent both."""
+    ctx.geometry = geometry
+    ctx.save_for_backward(a if b.requires_grad else None, b if a.requires_grad else None)
+    ctx.save_for_forward(a, b)
+
+
+def _bilinear_jvp(f, ctx, da: Optional[torch.Tensor], db: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """d f(a, b) = f(da, b) + f(a, db) for f bilinear in the saved operands (a, b)."""
+    a, b = ctx.saved_tensors
+    out = f(da, b) if da is not None else None
+    return _add(out, f(a, db)) if db is not None else out
+
+
 class DepthwiseConv2d(torch.autograd.Function):
     """y = conv(x, w) + b."""
 
@@ -52,13 +66,10 @@ class DepthwiseConv2d(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, weight, bias, geometry = inputs
-        ctx.geometry = geometry
         ctx.input_hw = _Shape.of(input)
         ctx.kernel_hw = _Shape.of(weight)
         ctx.has_bias = bias is not None
-        # Each gradient needs only the other operand: keep what the requested gradients use.
-        ctx.save_for_backward(input if weight.requires_grad else None, weight if input.requires_grad else None)
-        ctx.save_for_forward(input, weight)
+        _save_operands(ctx, input, weight, geometry)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -74,13 +85,9 @@ class DepthwiseConv2d(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, d_input, d_weight, d_bias, *_):
-        input, weight = ctx.saved_tensors
-        out = None
-        if d_input is not None:
-            out = DepthwiseConv2d.apply(d_input, weight, None, ctx.geometry)
-        if d_weight is not None:
-            out = _add(out, DepthwiseConv2d.apply(input, d_weight, None, ctx.geometry))
+        out = _bilinear_jvp(lambda x, w: DepthwiseConv2d.apply(x, w, None, ctx.geometry), ctx, d_input, d_weight)
         if d_bias is not None:
+            input, weight = ctx.saved_tensors
             db = d_bias.view(1, -1, 1, 1)
             out = db.expand(input.shape[0], -1, *_out_hw(ctx, input, weight)) if out is None else out + db
         return out
@@ -113,11 +120,9 @@ class DepthwiseConv2dBackwardInput(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         grad_out, weight, input_hw, geometry = inputs
-        ctx.geometry = geometry
+        _save_operands(ctx, grad_out, weight, geometry)
         ctx.input_hw = input_hw
         ctx.kernel_hw = _Shape.of(weight)
-        ctx.save_for_backward(grad_out if weight.requires_grad else None, weight if grad_out.requires_grad else None)
-        ctx.save_for_forward(grad_out, weight)
 
     @staticmethod
     def backward(ctx, grad_grad_input):
@@ -131,13 +136,8 @@ class DepthwiseConv2dBackwardInput(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, d_grad_out, d_weight, *_):
-        grad_out, weight = ctx.saved_tensors
-        out = None
-        if d_grad_out is not None:
-            out = DepthwiseConv2dBackwardInput.apply(d_grad_out, weight, ctx.input_hw, ctx.geometry)
-        if d_weight is not None:
-            out = _add(out, DepthwiseConv2dBackwardInput.apply(grad_out, d_weight, ctx.input_hw, ctx.geometry))
-        return out
+        return _bilinear_jvp(lambda g, w: DepthwiseConv2dBackwardInput.apply(g, w, ctx.input_hw, ctx.geometry), ctx,
+                             d_grad_out, d_weight)
 
 
 class DepthwiseConv2dBackwardWeight(torch.autograd.Function):
@@ -152,11 +152,9 @@ class DepthwiseConv2dBackwardWeight(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         grad_out, input, kernel_hw, geometry = inputs
-        ctx.geometry = geometry
+        _save_operands(ctx, grad_out, input, geometry)
         ctx.input_hw = _Shape.of(input)
         ctx.kernel_hw = kernel_hw
-        ctx.save_for_backward(grad_out if input.requires_grad else None, input if grad_out.requires_grad else None)
-        ctx.save_for_forward(grad_out, input)
 
     @staticmethod
     def backward(ctx, grad_grad_weight):
@@ -170,13 +168,8 @@ class DepthwiseConv2dBackwardWeight(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, d_grad_out, d_input, *_):
-        grad_out, input = ctx.saved_tensors
-        out = None
-        if d_grad_out is not None:
-            out = DepthwiseConv2dBackwardWeight.apply(d_grad_out, input, ctx.kernel_hw, ctx.geometry)
-        if d_input is not None:
-            out = _add(out, DepthwiseConv2dBackwardWeight.apply(grad_out, d_input, ctx.kernel_hw, ctx.geometry))
-        return out
+        return _bilinear_jvp(lambda g, x: DepthwiseConv2dBackwardWeight.apply(g, x, ctx.kernel_hw, ctx.geometry),
+                             ctx, d_grad_out, d_input)
 
 
 def depthwise_conv2d(input, weight, bias, padding: List[int], stride: List[int], dilation: List[int]):

@@ -27,6 +27,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from .geometry import output_size
+
 
 def _reach(out_len: int, in_len: int, k: int, before: int, stride: int, dilation: int,
            device: torch.device) -> torch.Tensor:
@@ -69,21 +71,26 @@ def _geometry(padding: List[int], stride: List[int], dilation: List[int]):
     return (padding[0], padding[2]), tuple(stride), tuple(dilation)
 
 
+def _weight_fixup(run, weight: torch.Tensor, reach_y, reach_x) -> torch.Tensor:
+    """run(finite weight), then NaN where a non-finite weight arrives: reach_y (rows x kh) and reach_x
+    (cols x kw) say which result positions each tap reaches through real pixels."""
+    w, bad = _finite_part(weight)
+    result = run(w)
+    mask = torch.einsum("cij,yi,xj->cyx", bad[:, 0].float(), reach_y(), reach_x())
+    return _mark(result, mask.unsqueeze(0))
+
+
 def forward(run, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: List[int],
             stride: List[int], dilation: List[int]) -> torch.Tensor:
     """run(input, weight, bias) under the rule: non-finite weights reach the outputs where they meet real pixels."""
     if not _must_check(weight):
         return run(input, weight, bias)
-    w, bad = _finite_part(weight)
-    out = run(input, w, bias)
     (pt, pl), (sh, sw), (dh, dw) = _geometry(padding, stride, dilation)
-    h, wd = input.shape[2:]
-    oh, ow = out.shape[2:]
-    kh, kw = weight.shape[2:]
-    ry = _reach(oh, h, kh, pt, sh, dh, input.device)
-    rx = _reach(ow, wd, kw, pl, sw, dw, input.device)
-    mask = torch.einsum("cij,yi,xj->cyx", bad[:, 0].float(), ry, rx)
-    return _mark(out, mask.unsqueeze(0))
+    (h, wd), (kh, kw) = input.shape[2:], weight.shape[2:]
+    oh, ow = output_size(h, kh, padding[0], padding[1], sh, dh), output_size(wd, kw, padding[2], padding[3], sw, dw)
+    return _weight_fixup(lambda w: run(input, w, bias), weight,
+                         lambda: _reach(oh, h, kh, pt, sh, dh, input.device),
+                         lambda: _reach(ow, wd, kw, pl, sw, dw, input.device))
 
 
 def backward_input(run, grad_out: torch.Tensor, weight: torch.Tensor, input_hw: List[int], padding: List[int],
@@ -91,15 +98,11 @@ def backward_input(run, grad_out: torch.Tensor, weight: torch.Tensor, input_hw: 
     """run(grad_out, weight) under the rule: a non-finite weight reaches the input pixels it reads."""
     if not _must_check(weight):
         return run(grad_out, weight)
-    w, bad = _finite_part(weight)
-    grad_in = run(grad_out, w)
     (pt, pl), (sh, sw), (dh, dw) = _geometry(padding, stride, dilation)
-    oh, ow = grad_out.shape[2:]
-    kh, kw = weight.shape[2:]
-    qy = _pixel_of(oh, input_hw[0], kh, pt, sh, dh, grad_out.device)
-    qx = _pixel_of(ow, input_hw[1], kw, pl, sw, dw, grad_out.device)
-    mask = torch.einsum("cij,yi,xj->cyx", bad[:, 0].float(), qy, qx)
-    return _mark(grad_in, mask.unsqueeze(0))
+    (oh, ow), (kh, kw) = grad_out.shape[2:], weight.shape[2:]
+    return _weight_fixup(lambda w: run(grad_out, w), weight,
+                         lambda: _pixel_of(oh, input_hw[0], kh, pt, sh, dh, grad_out.device),
+                         lambda: _pixel_of(ow, input_hw[1], kw, pl, sw, dw, grad_out.device))
 
 
 def backward_weight(run, grad_out: torch.Tensor, input: torch.Tensor, kernel_hw: List[int], padding: List[int],
