@@ -19,10 +19,6 @@ def depthwise_conv2d_reference(input: torch.Tensor, weight: torch.Tensor, bias: 
     return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
 
 
-def _exporting_to_onnx() -> bool:
-    return torch.onnx.is_in_onnx_export()
-
-
 def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                      stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1) -> torch.Tensor:
     """Depthwise 2-D convolution: exactly `F.conv2d(input, weight, bias, stride, padding, dilation, groups=C)`.
@@ -60,7 +56,7 @@ def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
             raise BackendNotSupportedError(forced, [str(exc)]) from None
         return out
 
-    if _exporting_to_onnx():
+    if torch.onnx.is_in_onnx_export():
         # ONNX has a standard grouped Conv; the exporter writes F.conv2d as that (the custom op has no ONNX form).
         out = depthwise_conv2d_reference(x, weight, bias, stride, padding, dilation)
     else:
