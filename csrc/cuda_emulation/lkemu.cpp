@@ -163,7 +163,9 @@ bool resolve_warps(BlockRun& run) {
     for (int l = 0; l < 32; ++l) {
       if (!(mask >> l & 1u)) continue;
       if (l >= lanes) {
-        report("warp operation with mask 0x" + std::to_string(mask) + " names lanes beyond the block in " + run.kernel);
+        std::ostringstream s;
+        s << "warp operation with mask 0x" << std::hex << mask << " names lanes beyond the block in " << run.kernel;
+        report(s.str());
         run.aborted = true;
         return false;
       }
