@@ -1,4 +1,5 @@
 """robustness: evaluate any timm model (lkconv's large-kernel models included) on the ImageNet robustness
-benchmarks with correctly computed metrics. CLI: `lkrobust` / `python -m robustness`."""
+benchmarks with correctly computed metrics, and run the analysis experiments of the large-kernel robustness
+papers. CLI: `lkrobust` / `python -m robustness`."""
 
-__all__ = ["data", "metrics", "report", "runner"]
+__all__ = ["analysis", "analysis_report", "analyze", "data", "metrics", "report", "runner"]

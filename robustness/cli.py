@@ -1,4 +1,4 @@
-"""`lkrobust` (also `python -m robustness`): eval, report, corrupt."""
+"""`lkrobust` (also `python -m robustness`): eval, analyze, report, corrupt."""
 
 from __future__ import annotations
 
@@ -40,6 +40,120 @@ def _writable_file(value: str) -> str:
     return value
 
 
+def _fraction_or_float(value: str) -> float:
+    """A number, or a fraction such as 4/255 (attack budgets are written so)."""
+    try:
+        num, sep, den = value.partition("/")
+        x = float(num) / float(den) if sep else float(value)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 4/255, got {value!r}") from None
+    if not x >= 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value!r}")
+    return x
+
+
+def _unit_interval(value: str) -> float:
+    x = _fraction_or_float(value)
+    if x > 1:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1], got {value!r}")
+    return x
+
+
+def _val_data(value: str) -> str:
+    name, sep, root = value.partition("=")
+    if not sep or name != "imagenet-val":
+        raise argparse.ArgumentTypeError("--data expects imagenet-val=PATH (class folders of validation images)")
+    return root
+
+
+def _add_analyze(sub) -> None:
+    from .analyze import EXPERIMENTS
+
+    a = sub.add_parser("analyze", help="the papers' analysis experiments (resumable sweeps)",
+                       description="Analysis experiments; each sweep point is written as soon as it is done.")
+    a.add_argument("experiment", choices=list(EXPERIMENTS))
+    a.add_argument("--model", required=True, help="any timm model name, lkconv's included")
+    a.add_argument("--checkpoint", default=None)
+    a.add_argument("--data", type=_val_data, default=None, metavar="imagenet-val=PATH")
+    a.add_argument("--out", required=True, help="results folder (the same tree as eval's)")
+    a.add_argument("--limit", type=_count(1), default=None, help="at most N images, taken across the classes")
+    a.add_argument("--device", default=None)
+    a.add_argument("--batch-size", type=_count(1), default=32)
+    a.add_argument("--workers", type=_count(0), default=4)
+    a.add_argument("--amp", choices=["bf16", "fp16"], default=None)
+    a.add_argument("--channels-last", action="store_true")
+    a.add_argument("--seed", type=int, default=0)
+    g = a.add_argument_group("occlusion")
+    g.add_argument("--mode", choices=["random", "salient", "non_salient"], default="random")
+    g.add_argument("--ratios", nargs="+", type=_unit_interval, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
+                                                                        0.8, 0.9])
+    g.add_argument("--patch-size", type=_count(1), default=16)
+    g.add_argument("--saliency-model", default="vit_small_patch16_224.dino")
+    g.add_argument("--saliency-checkpoint", default=None, help="weights of the saliency ViT (salient modes)")
+    g = a.add_argument_group("fgsm, pgd, autoattack, taig")
+    g.add_argument("--eps", nargs="+", type=_unit_interval, default=None,
+                   help="L-inf budgets in [0, 1] pixel units, e.g. 1/255 4/255 (default 0 0.5/255 1/255 2/255 4/255)")
+    g.add_argument("--steps", nargs="+", type=_count(1), default=[1, 2, 5, 10, 20], help="PGD steps")
+    g.add_argument("--alpha", type=_fraction_or_float, default=None, help="PGD step (default 2.5*eps/steps)")
+    g.add_argument("--norm", choices=["Linf", "L2"], default="Linf", help="AutoAttack norm")
+    g.add_argument("--version", choices=["standard", "plus", "rand"], default="standard", help="AutoAttack version")
+    g.add_argument("--surrogate", default=None, help="TAIG: the timm model the attack is computed on")
+    g.add_argument("--surrogate-checkpoint", default=None)
+    g.add_argument("--path", choices=["straight", "random"], default="straight", help="TAIG-S or TAIG-R")
+    g.add_argument("--taig-steps", type=_count(1), default=20)
+    g.add_argument("--ig-steps", type=_count(1), default=20)
+    g = a.add_argument_group("lesion")
+    g.add_argument("--blocks", nargs="+", type=_count(0), default=None, help="numbers of blocks to drop")
+    g.add_argument("--fractions", nargs="+", type=_unit_interval, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
+                   help="fractions of the blocks to drop (when --blocks is not given)")
+    g.add_argument("--samples", type=_count(1), default=10)
+    g = a.add_argument_group("noise-frequency, fourier-heatmap")
+    g.add_argument("--l2-eps", type=_fraction_or_float, default=4.0, help="L2 norm of the noise per image")
+    g.add_argument("--band-width", type=_unit_interval, default=0.1)
+    g.add_argument("--size", type=_count(1), default=15, help="Fourier heat map: size x size frequencies")
+    g = a.add_argument_group("kernel-distance, feature-variance, erf")
+    g.add_argument("--branches", action="store_true", help="kernel-distance of each branch, not merged kernels")
+    g.add_argument("--images", type=_count(1), default=None, help="images used (default 64 variance, 50 ERF)")
+    g.add_argument("--normalize", action="store_true", help="feature variance / mean square")
+    g.add_argument("--layer", default=None, help="ERF of this layer's output (default forward_features)")
+
+
+_OPTIONS = {
+    "occlusion": ("mode", "ratios", "patch_size", "saliency_model", "saliency_checkpoint"),
+    "fgsm": ("eps",), "pgd": ("eps", "steps", "alpha"), "autoattack": ("eps", "norm", "version"),
+    "taig": ("eps", "surrogate", "surrogate_checkpoint", "path", "taig_steps", "ig_steps"),
+    "lesion": ("blocks", "fractions", "samples"), "noise-frequency": ("l2_eps", "band_width"),
+    "fourier-heatmap": ("l2_eps", "size"), "kernel-distance": ("branches",),
+    "feature-variance": ("images", "normalize"), "erf": ("images", "layer"),
+}
+_DEFAULT_EPS = {"fgsm": [0.0, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255], "pgd": [1 / 255, 4 / 255],
+                "autoattack": [1 / 255, 4 / 255], "taig": [16 / 255]}
+
+
+def analysis_config(args, device: str):
+    """The run's configuration from parsed `analyze` arguments; what an experiment needs is checked here."""
+    from .analyze import AnalysisConfig
+
+    if args.eps is None:
+        args.eps = _DEFAULT_EPS.get(args.experiment)
+    if args.images is None:
+        args.images = 64 if args.experiment == "feature-variance" else 50
+    options = {name: getattr(args, name) for name in _OPTIONS[args.experiment]}
+    if args.experiment == "occlusion" and args.mode != "random":
+        check_model_name(args.saliency_model)
+        if args.saliency_checkpoint is None:
+            raise ValueError(f"--mode {args.mode} takes saliency from a ViT: give its weights with "
+                             f"--saliency-checkpoint (the paper uses DINO ViT-S/16, {args.saliency_model})")
+        check_checkpoint(args.saliency_checkpoint)
+    if args.experiment == "taig":
+        if args.surrogate is None:
+            raise ValueError("taig needs --surrogate NAME (the model the attack is computed on)")
+        check_model_name(args.surrogate)
+        check_checkpoint(args.surrogate_checkpoint)
+    return AnalysisConfig(args.experiment, args.model, args.checkpoint, args.data, device, args.batch_size,
+                          args.workers, args.amp, args.channels_last, args.limit, args.seed, options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lkrobust", description="Robustness evaluation of timm models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -57,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--channels-last", action="store_true")
     e.add_argument("--limit", type=_count(1), default=None,
                    help="at most N images (videos) per split, taken across the classes in turn")
+
+    _add_analyze(sub)
 
     r = sub.add_parser("report", help="tables across models")
     r.add_argument("results")
@@ -104,6 +220,12 @@ def resolve_device(name: Optional[str]) -> str:
     elif device.type != "cpu":
         raise ValueError(f"--device {name}: only cpu and cuda devices are supported")
     return str(device)
+
+
+def torch_distributed_rank() -> int:
+    import torch
+
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
 def check_model_name(name: str) -> None:
@@ -158,12 +280,34 @@ def main(argv: Optional[List[str]] = None) -> int:
             written = Evaluator(cfg).run(dict(args.bench), args.out, splits)
             if not (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):
                 print(f"{len(written)} split(s) evaluated; results in {args.out}")
-        elif args.command == "report":
-            from .report import plot, table
+        elif args.command == "analyze":
+            from .analyze import analyze
 
-            print(table(args.results, args.format, args.baseline), end="")
+            check_model_name(args.model)
+            check_checkpoint(args.checkpoint)
+            prepare_out(args.out)
+            if args.data is not None:
+                find_splits("imagenet-val", args.data)  # a wrong folder fails now
+            _maybe_init_distributed()
+            cfg = analysis_config(args, resolve_device(args.device))
+            written = analyze(cfg, args.out)
+            if not (torch_distributed_rank() > 0):
+                print(f"{len(written)} point(s) computed; results in {args.out}")
+        elif args.command == "report":
+            from .analysis_report import analysis_plots, analysis_tables
+            from .report import has_results, plot, table
+
+            if not has_results(args.results) and not analysis_tables(args.results, args.format):
+                raise FileNotFoundError(f"no results files under {args.results!r} (expected "
+                                        "<model>/<benchmark>/<split>.json or <model>/analysis/...)")
+            if has_results(args.results):
+                print(table(args.results, args.format, args.baseline), end="")
+            print(analysis_tables(args.results, args.format), end="")
             if args.plot:
-                print(f"wrote {plot(args.results, args.plot, args.baseline)}", file=sys.stderr)
+                if has_results(args.results):
+                    print(f"wrote {plot(args.results, args.plot, args.baseline)}", file=sys.stderr)
+                for path in analysis_plots(args.results, args.plot):
+                    print(f"wrote {path}", file=sys.stderr)
         elif args.command == "corrupt":
             from .corrupt import corrupt_folder
 

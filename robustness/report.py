@@ -165,3 +165,10 @@ def plot(folder: str, path: str, baseline: Optional[str] = None) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def has_results(folder: str) -> bool:
+    """Whether `folder` holds any eval results file (<model>/<benchmark>/<split>.json)."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"results folder not found: {folder}")
+    return bool(glob.glob(os.path.join(folder, "*", "*", "*.json")))
