@@ -467,3 +467,17 @@ def test_cli_analyze_errors_are_clear(val, tmp_path, extra, message, capsys):
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and message in err, err[-2000:]
+
+
+def test_torchrun_shards_the_images_and_sums_the_counts(val, tmp_path):
+    """Two ranks (gloo on the CPU) give the single process's accuracies; rank 0 alone writes."""
+    args = ("lesion", "--blocks", "0", "2", "--samples", "2")
+    single = tmp_path / "single"
+    run = subprocess.run(_analyze(val, single, *args), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    multi = tmp_path / "multi"
+    cmd = _analyze(val, multi, *args)
+    cmd[1:3] = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "robustness"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _points(multi) == _points(single) and len(_points(single)) == 2
