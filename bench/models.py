@@ -8,7 +8,6 @@ out-of-memory the batch is halved (and the row says so).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import sys
@@ -18,7 +17,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from lkconv import LKConv2d, convert_model
+from lkconv import convert_model, to_stock
 
 from .cli_args import csv_list, device_arg, kernel_sizes_arg, positive_int, writable_path
 from .environment import describe_environment
@@ -26,15 +25,6 @@ from .results import _atomic_write
 from .timing import time_fn
 
 log = logging.getLogger(__name__)
-
-
-def to_stock(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose LKConv2d modules are plain nn.Conv2d (the inverse of convert_model)."""
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, LKConv2d):
-            module.__class__ = nn.Conv2d
-    return model
 
 
 def build(name: str, kernel_size: int) -> nn.Module:

@@ -7,7 +7,7 @@
 """
 
 from .backends import BackendNotSupportedError
-from .convert import convert_model
+from .convert import convert_model, to_stock
 from .dispatch import available_backends, explain, use_backend
 from .functional import depthwise_conv2d, depthwise_conv2d_reference
 from .modules import LKConv2d
@@ -19,6 +19,7 @@ __all__ = [
     "LKConv2d",
     "available_backends",
     "convert_model",
+    "to_stock",
     "depthwise_conv2d",
     "depthwise_conv2d_reference",
     "explain",

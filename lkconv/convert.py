@@ -30,3 +30,16 @@ def convert_model(model: nn.Module, min_kernel_size: int = 7, inplace: bool = Tr
         if is_eligible(module, min_kernel_size):
             module.__class__ = LKConv2d
     return model
+
+
+def to_stock(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """The inverse of `convert_model`: every LKConv2d becomes a plain nn.Conv2d again (stock PyTorch), so the
+    same model can be timed or trained both ways. A deep copy by default; returns the model."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"to_stock expects an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, LKConv2d):
+            module.__class__ = nn.Conv2d
+    return model

@@ -1,4 +1,4 @@
-"""`lkrobust` (also `python -m robustness`): eval, analyze, report, corrupt."""
+"""`lkrobust` (also `python -m robustness`): eval, analyze, train, report, corrupt."""
 
 from __future__ import annotations
 
@@ -154,6 +154,76 @@ def analysis_config(args, device: str):
                           args.workers, args.amp, args.channels_last, args.limit, args.seed, options)
 
 
+def _imagenet_data(value: str) -> str:
+    name, sep, root = value.partition("=")
+    if not sep or name != "imagenet":
+        raise argparse.ArgumentTypeError("--data expects imagenet=PATH (a folder with train/ and val/ class folders)")
+    return root
+
+
+def _add_train(sub) -> None:
+    t = sub.add_parser("train", help="train a timm model on lkconv's kernels (kernel-size ablations; resumable)",
+                       description="Training from timm's parts; a flag overrides the preset's value.")
+    t.add_argument("--model", default=None, help="any timm name (convnext_tiny_k31, replknet_31b, replknet_3b, ...)")
+    t.add_argument("--data", type=_imagenet_data, default=None, metavar="imagenet=PATH")
+    t.add_argument("--out", required=True, help="run folder: checkpoints, weights, metrics")
+    t.add_argument("--preset", default=None, help="recipe from robustness/presets.toml (default convnext-ablation)")
+    t.add_argument("--kernel-size", type=_count(1), default=None, help="every large depthwise kernel at this size")
+    t.add_argument("--backend", choices=["lkconv", "torch"], default="lkconv",
+                   help="torch: stock nn.Conv2d, to measure lkconv's speed-up on the same run")
+    t.add_argument("--resume", default="auto", help="auto (continue <out>/last.pth if there), none, or a file")
+    t.add_argument("--smoke", action="store_true",
+                   help="a tiny model for a few steps on a generated dataset (<out>/smoke-data)")
+    t.add_argument("--device", default=None)
+    t.add_argument("--workers", type=_count(0), default=None)
+    t.add_argument("--amp", choices=["bf16", "fp16"], default=None)
+    t.add_argument("--channels-last", action="store_true", default=None)
+    t.add_argument("--compile", action="store_true", default=None)
+    t.add_argument("--limit-steps", type=_count(1), default=None, help="stop after N optimizer steps in all")
+    for flag, kind in (("epochs", _count(1)), ("batch-size", _count(1)), ("accum-steps", _count(1)),
+                       ("image-size", _count(8)), ("lr", _fraction_or_float), ("lr-base-batch", _count(1)),
+                       ("weight-decay", _fraction_or_float), ("warmup-epochs", _fraction_or_float),
+                       ("min-lr", _fraction_or_float), ("mixup", _fraction_or_float), ("cutmix", _fraction_or_float),
+                       ("smoothing", _unit_interval), ("reprob", _unit_interval), ("drop-path", _unit_interval),
+                       ("ema-decay", _unit_interval), ("clip-grad", _fraction_or_float),
+                       ("checkpoint-every", _count(0)), ("seed", int)):
+        t.add_argument(f"--{flag}", type=kind, default=None)
+    t.add_argument("--opt", default=None, help="timm optimizer name (adamw, sgd, lamb, ...)")
+    t.add_argument("--sched", default=None, help="timm scheduler name (cosine, step, ...)")
+    t.add_argument("--auto-augment", default=None, help="timm auto-augment string ('' for none)")
+    t.add_argument("--adv", choices=["pgd"], default=None, help="adversarial training with PGD examples")
+    t.add_argument("--adv-eps", type=_unit_interval, default=None, help="L-inf budget (default 4/255)")
+    t.add_argument("--adv-steps", type=_count(1), default=None, help="PGD steps (default 1)")
+    t.add_argument("--adv-alpha", type=_fraction_or_float, default=None, help="PGD step (default 2.5*eps/steps)")
+
+
+def train_config(args, device: str):
+    """The run's TrainConfig: dataclass defaults < preset < flags given."""
+    from .train import TrainConfig, make_smoke_data, preset
+
+    values = dict(preset(args.preset or ("smoke" if args.smoke else "convnext-ablation")))
+    values["preset"] = args.preset or ("smoke" if args.smoke else "convnext-ablation")
+    if args.smoke:
+        values.update(model="test_convnext", kernel_size=13, image_size=32, workers=0,
+                      data=make_smoke_data(os.path.join(args.out, "smoke-data")))
+    for name in ("model", "data", "kernel_size", "backend", "device", "workers", "amp", "channels_last", "compile",
+                 "limit_steps", "epochs", "batch_size", "accum_steps", "image_size", "lr", "lr_base_batch",
+                 "weight_decay", "warmup_epochs", "min_lr", "mixup", "cutmix", "smoothing", "reprob", "drop_path",
+                 "ema_decay", "clip_grad", "checkpoint_every", "seed", "opt", "sched", "auto_augment", "adv",
+                 "adv_eps", "adv_steps", "adv_alpha"):
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    if not values.get("model"):
+        raise ValueError("--model is required (or --smoke)")
+    if not values.get("data"):
+        raise ValueError("--data imagenet=PATH is required (or --smoke)")
+    values["device"] = device
+    values["out"] = args.out
+    check_model_name(values["model"])
+    return TrainConfig(**values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lkrobust", description="Robustness evaluation of timm models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -173,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most N images (videos) per split, taken across the classes in turn")
 
     _add_analyze(sub)
+    _add_train(sub)
 
     r = sub.add_parser("report", help="tables across models")
     r.add_argument("results")
@@ -293,6 +364,21 @@ def main(argv: Optional[List[str]] = None) -> int:
             written = analyze(cfg, args.out)
             if not (torch_distributed_rank() > 0):
                 print(f"{len(written)} point(s) computed; results in {args.out}")
+        elif args.command == "train":
+            from .train import Trainer, check_layout
+
+            prepare_out(args.out)
+            _maybe_init_distributed()
+            cfg = train_config(args, resolve_device(args.device))
+            check_layout(cfg.data)
+            resume = None if args.resume == "none" else args.resume
+            if resume not in (None, "auto"):
+                check_checkpoint(resume)
+            epochs = Trainer(cfg).run(resume)
+            if torch_distributed_rank() == 0:
+                last = epochs[-1] if epochs else {}
+                print(f"trained {len(epochs)} epoch(s); last: " + ", ".join(
+                    f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)) + f"; run in {args.out}")
         elif args.command == "report":
             from .analysis_report import analysis_plots, analysis_tables
             from .report import has_results, plot, table

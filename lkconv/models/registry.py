@@ -19,6 +19,10 @@ ARCHS = {
                          small_kernel=5),
     "replknet_31l": dict(large_kernel_sizes=[31, 29, 27, 13], layers=[2, 2, 18, 2], channels=[192, 384, 768, 1536],
                          small_kernel=5),
+    # The paper's kernel ablation (Table 5, "RepLKNet-3B"): RepLKNet-31B with every large kernel 3x3 (the 5x5
+    # parallel branch cannot sit inside a 3x3 kernel, so there is none).
+    "replknet_3b": dict(large_kernel_sizes=[3, 3, 3, 3], layers=[2, 2, 18, 2], channels=[128, 256, 512, 1024],
+                        small_kernel=None),
     "replknet_xl": dict(large_kernel_sizes=[27, 27, 27, 13], layers=[2, 2, 18, 2], channels=[256, 512, 1024, 2048],
                         small_kernel=None, dw_ratio=1.5),
 }
@@ -40,6 +44,7 @@ default_cfgs = generate_default_cfgs({
     "replknet_31b.in22k": _cfg(num_classes=21841),
     "replknet_31l.in22k_ft_in1k_384": _cfg(input_size=(3, 384, 384), crop_pct=1.0),
     "replknet_31l.in22k": _cfg(num_classes=21841, input_size=(3, 384, 384), crop_pct=1.0),
+    "replknet_3b.untrained": _cfg(),
     "replknet_xl.md73m_ft_in1k_320": _cfg(input_size=(3, 320, 320), crop_pct=1.0),
 })
 
@@ -48,6 +53,8 @@ def _create_replknet(variant: str, pretrained: bool = False, **kwargs) -> RepLKN
     arch = dict(ARCHS[variant.split(".")[0]])
     arch.setdefault("drop_path_rate", kwargs.pop("drop_path_rate", 0.0))
     arch.update(kwargs)
+    if arch.get("small_kernel") == 0:  # "no small branch": timm's create_model drops kwargs that are None
+        arch["small_kernel"] = None
     return build_model_with_cfg(RepLKNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **arch)
 
@@ -60,6 +67,11 @@ def replknet_31b(pretrained: bool = False, **kwargs) -> RepLKNet:
 @register_model
 def replknet_31l(pretrained: bool = False, **kwargs) -> RepLKNet:
     return _create_replknet("replknet_31l", pretrained, **kwargs)
+
+
+@register_model
+def replknet_3b(pretrained: bool = False, **kwargs) -> RepLKNet:
+    return _create_replknet("replknet_3b", pretrained, **kwargs)
 
 
 @register_model
