@@ -98,7 +98,7 @@ def _extension():
 
 setup(
     packages=find_packages(include=["lkconv", "lkconv.*", "bench", "bench.*", "robustness", "robustness.*"]),
-    package_data={"robustness": ["reference/*.json", "reference/*.txt", "reference/*.md", "presets.toml"]},
+    package_data={"robustness": ["reference/*.json", "reference/*.txt", "reference/*.md", "presets.toml", "configs/*.toml"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},
 )

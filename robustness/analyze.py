@@ -43,11 +43,15 @@ class AnalysisConfig:
     limit: Optional[int] = None
     seed: int = 0
     options: Dict[str, Any] = field(default_factory=dict)  # the experiment's own flags
+    input_size: Optional[int] = None  # image resolution; default: the model's configured one
 
     def key(self, point: Dict) -> Dict:
         """What must match for a point's results file to count as finished."""
-        return dict(model=self.model, checkpoint=self.checkpoint, limit=self.limit, amp=self.amp, seed=self.seed,
-                    options=self.options, point=point)
+        key = dict(model=self.model, checkpoint=self.checkpoint, limit=self.limit, amp=self.amp, seed=self.seed,
+                   options=self.options, point=point)
+        if self.input_size is not None:
+            key["input_size"] = self.input_size
+        return key
 
 
 def point_path(out: str, model: str, experiment: str, point_id: str, ext: str = ".json") -> str:
@@ -92,7 +96,8 @@ class Run:
 
     def dataset(self, limit: Optional[int] = None) -> SplitDataset:
         (split,) = find_splits("imagenet-val", self.cfg.data)
-        return SplitDataset(split, A.pixel_transform(self.model), limit if limit is not None else self.cfg.limit)
+        return SplitDataset(split, A.pixel_transform(self.model, self.cfg.input_size),
+                            limit if limit is not None else self.cfg.limit)
 
     @property
     def loader(self):

@@ -1,4 +1,4 @@
-"""`lkrobust` (also `python -m robustness`): eval, analyze, train, report, corrupt."""
+"""`lkrobust` (also `python -m robustness`): eval, analyze, train, reproduce, report, corrupt."""
 
 from __future__ import annotations
 
@@ -245,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_train(sub)
 
+    rp = sub.add_parser("reproduce", help="every eval and analysis of a config, then the paper's tables and figures")
+    rp.add_argument("config", help="TOML (or YAML) file; example: robustness/configs/paper.toml")
+    rp.add_argument("--device", default=None, help="overrides the config's device")
+    rp.add_argument("--tables-only", action="store_true", help="only write the tables and figures from the results")
+
     r = sub.add_parser("report", help="tables across models")
     r.add_argument("results")
     r.add_argument("--format", choices=["md", "csv"], default="md")
@@ -379,6 +384,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                 last = epochs[-1] if epochs else {}
                 print(f"trained {len(epochs)} epoch(s); last: " + ", ".join(
                     f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)) + f"; run in {args.out}")
+        elif args.command == "reproduce":
+            from .reproduce import load_config, run_all, write_paper
+
+            cfg = load_config(args.config)
+            prepare_out(cfg.out)
+            if not args.tables_only:
+                _maybe_init_distributed()
+                run_all(cfg, resolve_device(args.device or cfg.device))
+            if torch_distributed_rank() == 0:
+                print(f"paper tables and figures: {write_paper(cfg)}")
         elif args.command == "report":
             from .analysis_report import analysis_plots, analysis_tables
             from .report import has_results, plot, table

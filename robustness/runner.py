@@ -38,11 +38,15 @@ class EvalConfig:
     amp: Optional[str] = None  # "bf16" / "fp16"
     channels_last: bool = False
     limit: Optional[int] = None  # images (or videos) per split
+    input_size: Optional[int] = None  # evaluation resolution; default: the model's configured one
 
     def key(self) -> Dict:
         """What must match for an existing results file to count as finished."""
-        return dict(model=self.model, checkpoint=self.checkpoint, limit=self.limit, amp=self.amp,
-                    sampling="across classes" if self.limit else None)
+        key = dict(model=self.model, checkpoint=self.checkpoint, limit=self.limit, amp=self.amp,
+                   sampling="across classes" if self.limit else None)
+        if self.input_size is not None:
+            key["input_size"] = self.input_size
+        return key
 
 
 def split_path(out: str, model: str, benchmark: str, split: str, ext: str = ".json") -> str:
@@ -114,7 +118,8 @@ class Evaluator:
 
         self.cfg = cfg
         self.model = model if model is not None else create_model(cfg)
-        self.data_config = timm.data.resolve_data_config({}, model=self.model)
+        size = {"input_size": (3, cfg.input_size, cfg.input_size)} if cfg.input_size else {}
+        self.data_config = timm.data.resolve_data_config(size, model=self.model)
         self.in9 = imagenet9_mapping()
         self.o_subset = class_subset("imagenet-o")
 

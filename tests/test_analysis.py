@@ -481,3 +481,102 @@ def test_torchrun_shards_the_images_and_sums_the_counts(val, tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert _points(multi) == _points(single) and len(_points(single)) == 2
+
+
+# ---- lkrobust reproduce --------------------------------------------------------------------------------------
+def test_reproduce_writes_every_table_and_figure(tmp_path):
+    from robustness_data import make_all
+
+    data = make_all(str(tmp_path / "data"))
+    torch.manual_seed(0)
+    weights = {}
+    for name, kwargs in (("test_convnext", {}), ("test_convnext_k3", dict(kernel_sizes=3)),
+                         ("test_convnext_k9", dict(kernel_sizes=9))):
+        weights[name] = tmp_path / f"{name}.pth"
+        torch.save(timm.create_model("test_convnext", **kwargs).state_dict(), weights[name])
+    config = tmp_path / "paper.toml"
+    config.write_text(f'''
+out = "results"
+baseline = "test_convnext"
+batch_size = 4
+workers = 0
+[benchmarks]
+imagenet-val = "{data['imagenet-val']}"
+imagenet-c = "{data['imagenet-c']}"
+imagenet-p = "{data['imagenet-p']}"
+imagenet-9 = "{data['imagenet-9']}"
+imagenet-a = "{data['imagenet-a']}"
+[experiments.occlusion]
+mode = ["random"]
+ratios = [0, 0.5]
+[experiments.taig]
+surrogate = "test_convnext"
+surrogate_checkpoint = "{weights['test_convnext']}"
+eps = ["8/255"]
+taig_steps = 1
+ig_steps = 2
+[experiments.lesion]
+blocks = [0, 2]
+samples = 2
+[experiments.noise-frequency]
+band_width = 0.5
+[experiments.kernel-distance]
+[experiments.feature-variance]
+images = 2
+[[models]]
+name = "test_convnext"
+checkpoint = "test_convnext.pth"
+[[models]]
+name = "test_convnext"
+checkpoint = "test_convnext_k3.pth"
+kernel_size = 3
+tables = ["table7"]
+[[models]]
+name = "test_convnext"
+checkpoint = "test_convnext_k9.pth"
+kernel_size = 9
+tables = ["table7", "table5"]
+''')
+    run = subprocess.run([sys.executable, "-m", "robustness", "reproduce", str(config)], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    paper = tmp_path / "results" / "paper"
+    for name in ("table1_imagenet_c", "table2_imagenet_p", "table3_imagenet_9", "table4_taig",
+                 "table5_kernel_ablation", "table6_more_benchmarks", "table7_convnext_kernel_sizes"):
+        assert (paper / f"{name}.md").exists(), name
+    for name in ("fig2_imagenet_c_per_corruption", "fig3_imagenet_c_per_severity", "fig4_imagenet_p_flip_probability",
+                 "fig6_occlusion", "fig7_lesion", "fig8_noise_frequency", "fig9_kernel_distance",
+                 "fig10_feature_variance"):
+        assert (paper / f"{name}.png").exists(), name
+    index = (paper / "index.md").read_text()
+    assert "table7_convnext_kernel_sizes.md" in index and "fig9_kernel_distance.png" in index
+    table7 = (paper / "table7_convnext_kernel_sizes.md").read_text()
+    rows = [line for line in table7.splitlines() if line.startswith("| k=")]
+    assert [r.split(" ")[1] for r in rows] == ["k=3", "k=9"]  # one row per kernel size, in order
+    assert "—" not in rows[0].split("|")[2]  # IN top-1 was evaluated
+    # Kernel sizes really differ: the distances of the k=3 model are those of 3x3 kernels.
+    with open(tmp_path / "results" / "test_convnext_k3" / "analysis" / "kernel-distance" / "result.json") as f:
+        layers = json.load(f)["result"]["layers"]
+    assert {tuple(layer["kernel_size"]) for layer in layers} == {(3, 3)}
+    # A rerun finds everything done and rewrites the tables.
+    again = subprocess.run([sys.executable, "-m", "robustness", "reproduce", str(config)], capture_output=True,
+                           text=True, cwd=tmp_path)
+    assert again.returncode == 0 and "index.md" in again.stdout
+
+
+def test_reproduce_config_errors_are_clear(tmp_path, capsys):
+    from robustness.cli import main
+    from robustness.reproduce import load_config
+
+    assert len(load_config("robustness/configs/paper.toml", check_files=False).models) == 15
+    for text, message in (('out = "r"\n', "no [[models]]"),
+                          ('[[models]]\nname = "no_such_model"\n', "unknown model"),
+                          ('colour = 1\n[[models]]\nname = "test_convnext"\n', "unknown keys"),
+                          ('[[models]]\nname = "test_convnext"\n[experiments.lesion]\n', "needs benchmarks.imagenet-val"),
+                          ('[[models]]\nname = "test_convnext"\ncheckpoint = "missing.pth"\n', "checkpoint not found"),
+                          ('[[models]]\nname = "test_convnext"\n[[models]]\nname = "test_convnext"\n', "listed twice"),
+                          ("[[models]\n", "not valid TOML")):
+        config = tmp_path / "c.toml"
+        config.write_text(text)
+        assert main(["reproduce", str(config)]) == 2
+        assert message in capsys.readouterr().err
