@@ -195,6 +195,11 @@ def _add_train(sub) -> None:
     t.add_argument("--adv-eps", type=_unit_interval, default=None, help="L-inf budget (default 4/255)")
     t.add_argument("--adv-steps", type=_count(1), default=None, help="PGD steps (default 1)")
     t.add_argument("--adv-alpha", type=_fraction_or_float, default=None, help="PGD step (default 2.5*eps/steps)")
+    t.add_argument("--teacher", default=None, help="knowledge distillation from this timm model")
+    t.add_argument("--teacher-checkpoint", default=None)
+    t.add_argument("--distill", choices=["soft", "hard"], default=None, help="DeiT's soft (KL) or hard (top-1)")
+    t.add_argument("--distill-alpha", type=_unit_interval, default=None, help="weight of the distillation loss")
+    t.add_argument("--distill-tau", type=_fraction_or_float, default=None, help="soft distillation temperature")
 
 
 def train_config(args, device: str):
@@ -210,7 +215,8 @@ def train_config(args, device: str):
                  "limit_steps", "epochs", "batch_size", "accum_steps", "image_size", "lr", "lr_base_batch",
                  "weight_decay", "warmup_epochs", "min_lr", "mixup", "cutmix", "smoothing", "reprob", "drop_path",
                  "ema_decay", "clip_grad", "checkpoint_every", "seed", "opt", "sched", "auto_augment", "adv",
-                 "adv_eps", "adv_steps", "adv_alpha"):
+                 "adv_eps", "adv_steps", "adv_alpha", "teacher", "teacher_checkpoint", "distill", "distill_alpha",
+                 "distill_tau"):
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
@@ -221,6 +227,9 @@ def train_config(args, device: str):
     values["device"] = device
     values["out"] = args.out
     check_model_name(values["model"])
+    if values.get("teacher"):
+        check_model_name(values["teacher"])
+        check_checkpoint(values.get("teacher_checkpoint"))
     return TrainConfig(**values)
 
 

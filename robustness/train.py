@@ -77,6 +77,11 @@ class TrainConfig:
     adv_eps: float = 4 / 255
     adv_steps: int = 1
     adv_alpha: Optional[float] = None
+    teacher: Optional[str] = None  # knowledge distillation from this timm model (DeiT's soft/hard)
+    teacher_checkpoint: Optional[str] = None
+    distill: str = "soft"
+    distill_alpha: float = 0.5
+    distill_tau: float = 1.0
     checkpoint_every: int = 0  # optimizer steps; 0: only at epoch ends
     seed: int = 0
     workers: int = 4
@@ -320,6 +325,7 @@ class Trainer:
         else:
             self.criterion = nn.CrossEntropyLoss()
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.teacher = self._teacher() if cfg.teacher else None
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
 
@@ -395,6 +401,30 @@ class Trainer:
                 sd = module.state_dict()
                 _atomic(os.path.join(self.cfg.out, name), lambda tmp, sd=sd: _torch_save(sd, tmp))
 
+    def _teacher(self) -> nn.Module:
+        from lkconv.models import load_checkpoint
+
+        if self.cfg.distill not in ("soft", "hard"):
+            raise ValueError(f"--distill must be 'soft' or 'hard', got {self.cfg.distill!r}")
+        teacher = build_model(self.cfg.teacher, len(self.classes))
+        if self.cfg.teacher_checkpoint:
+            load_checkpoint(teacher, self.cfg.teacher_checkpoint)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher.eval().to(self.device)
+
+    def _distillation(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """DeiT (Touvron et al. 2021): soft = τ²·KL(student/τ ‖ teacher/τ); hard = CE against the teacher's
+        top-1. Mixed by --distill-alpha with the ordinary loss."""
+        with torch.no_grad():
+            target = self.teacher(images).float()
+        if self.cfg.distill == "hard":
+            return nn.functional.cross_entropy(logits, target.argmax(dim=1))
+        tau = self.cfg.distill_tau
+        return nn.functional.kl_div(nn.functional.log_softmax(logits / tau, dim=1),
+                                    nn.functional.log_softmax(target / tau, dim=1), reduction="batchmean",
+                                    log_target=True) * tau * tau
+
     # -- one step ----------------------------------------------------------------------------------------------
     def _adversarial(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """PGD examples of the (augmented) batch against the current model, in pixel space (random-erased
@@ -419,7 +449,11 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                             enabled=self.amp_dtype is not None):
             logits = self.forward(images)
-        return self.criterion(logits.float(), labels)
+        loss = self.criterion(logits.float(), labels)
+        if self.teacher is not None:
+            alpha = self.cfg.distill_alpha
+            loss = (1 - alpha) * loss + alpha * self._distillation(images, logits.float())
+        return loss
 
     # -- epochs ------------------------------------------------------------------------------------------------
     def _train_loader(self, epoch: int, start_batch: int):

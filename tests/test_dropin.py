@@ -201,6 +201,19 @@ def test_convert_model_top_level_and_type_error():
         lkconv.convert_model("resnet50")
 
 
+def test_to_stock_undoes_convert_model():
+    model = nn.Sequential(nn.Conv2d(4, 4, 9, padding=4, groups=4), nn.Conv2d(4, 4, 1))
+    lkconv.convert_model(model)
+    stock = lkconv.to_stock(model)
+    assert type(stock[0]) is nn.Conv2d and isinstance(model[0], lkconv.LKConv2d)  # a copy by default
+    x = torch.randn(2, 4, 12, 12)
+    torch.testing.assert_close(stock(x), model(x), rtol=1e-5, atol=1e-5)
+    assert stock.state_dict().keys() == model.state_dict().keys()
+    assert lkconv.to_stock(model, inplace=True) is model and type(model[0]) is nn.Conv2d
+    with pytest.raises(TypeError, match="nn.Module"):
+        lkconv.to_stock(None)
+
+
 # ---- explain and errors --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("make,why", [
     (lambda: (torch.randn(0, 4, 8, 8), torch.randn(4, 1, 3, 3)), "empty input"),

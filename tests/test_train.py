@@ -127,6 +127,18 @@ def test_adversarial_training_and_accumulation_run(tmp_path, data):
     assert len(_steps(out)) == 4  # 64 images / 8 per batch / 2 accumulation steps
 
 
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_distillation_from_a_teacher_checkpoint(tmp_path, data, mode):
+    out = tmp_path / mode
+    teacher = tmp_path / "teacher.pth"
+    torch.save(build_model("test_vit", 4).state_dict(), teacher)
+    run = subprocess.run(_train(out, "--epochs", "1", "--teacher", "test_vit", "--teacher-checkpoint",
+                                str(teacher), "--distill", mode, "--limit-steps", "3",
+                                data=data), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(_steps(out)) == 3
+
+
 def test_kernel_size_reaches_the_depthwise_convs():
     convs = lambda m: {m.kernel_size for m in m.modules() if isinstance(m, torch.nn.Conv2d)  # noqa: E731
                        and m.groups == m.in_channels > 1}
