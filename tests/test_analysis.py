@@ -357,6 +357,12 @@ def test_erf_of_one_conv_is_its_kernel_support(k):
     assert result["area_ratio"][0.99] <= k * k / 33 ** 2 + 1e-12
 
 
+def test_erf_of_a_vit_reads_its_patch_tokens_as_a_map():
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=5).eval()
+    result = A.effective_receptive_field(vit, _images(1))
+    assert result["map"].shape == (64, 64) and result["map"].sum() > 0
+
+
 # ---- CLI ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def val(tmp_path_factory):

@@ -2,13 +2,14 @@
 contributes to the centre of a feature map.
 
 The map is Σ over images and input channels of |∂ (Σ_c out[c, h/2, w/2]) / ∂ input|, with `out` the
-feature map of `layer` (the model's `forward_features` by default). The high-contribution area ratio at
+feature map of `layer` (the model's `forward_features` by default; a ViT's patch tokens as a map). The high-contribution area ratio at
 threshold t is the area of the smallest square centred on the map's centre holding a fraction t of its total,
 divided by the image's area (RepLKNet's r(t); a larger ratio = a larger effective receptive field). Plot
 log10(map + 1) normalised to [0, 1], as RepLKNet does."""
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -59,6 +60,16 @@ def _feature_map(model: nn.Module, images: torch.Tensor, layer: Optional[str]) -
     return captured["out"]
 
 
+def _tokens_to_map(model: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """A ViT's (N, prefix + H*W, D) tokens as an (N, D, H, W) map of its patch tokens; maps pass through."""
+    if out.dim() == 3 and hasattr(model, "patch_embed"):
+        tokens = out[:, getattr(model, "num_prefix_tokens", 0):]
+        side = math.isqrt(tokens.shape[1])
+        if side * side == tokens.shape[1]:
+            return tokens.transpose(1, 2).reshape(out.shape[0], -1, side, side)
+    return out
+
+
 def effective_receptive_field(model: nn.Module, images: torch.Tensor, layer: Optional[str] = None,
                               thresholds: Sequence[float] = THRESHOLDS) -> dict:
     """``dict(map=(H, W) tensor, area_ratio={t: r(t)})`` for pixel-space `images` (N, 3, H, W)."""
@@ -67,7 +78,7 @@ def effective_receptive_field(model: nn.Module, images: torch.Tensor, layer: Opt
     total = torch.zeros(images.shape[-2:], dtype=torch.float64)
     for image in images.split(1):
         x = image.detach().clone().requires_grad_(True)
-        out = _feature_map(model, x, layer)
+        out = _tokens_to_map(unwrap(model), _feature_map(model, x, layer))
         if out.dim() != 4:
             raise ValueError(f"the feature map has shape {tuple(out.shape)}; the ERF needs a (N, C, H, W) map")
         centre = out[:, :, out.shape[-2] // 2, out.shape[-1] // 2].sum()
