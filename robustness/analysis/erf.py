@@ -1,10 +1,11 @@
 """Effective receptive field (RepLKNet, Ding et al. 2022, Fig. 1 and Table 3): how much each input pixel
 contributes to the centre of a feature map.
 
-The map is Σ over images and input channels of |∂ (Σ_c out[c, h/2, w/2]) / ∂ input|, with `out` the
+The map is Σ over images and input channels of |∂ (Σ_c ReLU(out[c, h/2, w/2])) / ∂ input|, with `out` the
 feature map of `layer` (the model's `forward_features` by default; a ViT's patch tokens as a map). The high-contribution area ratio at
 threshold t is the area of the smallest square centred on the map's centre holding a fraction t of its total,
-divided by the image's area (RepLKNet's r(t); a larger ratio = a larger effective receptive field). Plot
+divided by the image's area (RepLKNet's r(t); a larger ratio = a larger effective receptive field). The ReLU
+is RepLKNet's choice, and needed: after a final LayerNorm the plain channel sum is constant. Plot
 log10(map + 1) normalised to [0, 1], as RepLKNet does."""
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def effective_receptive_field(model: nn.Module, images: torch.Tensor, layer: Opt
         out = _tokens_to_map(unwrap(model), _feature_map(model, x, layer))
         if out.dim() != 4:
             raise ValueError(f"the feature map has shape {tuple(out.shape)}; the ERF needs a (N, C, H, W) map")
-        centre = out[:, :, out.shape[-2] // 2, out.shape[-1] // 2].sum()
+        centre = torch.relu(out[:, :, out.shape[-2] // 2, out.shape[-1] // 2]).sum()
         (grad,) = torch.autograd.grad(centre, x)
         total += grad.abs().sum(dim=(0, 1)).to("cpu", torch.float64)
     return dict(map=total, area_ratio=area_ratios(total, thresholds))
