@@ -7,9 +7,10 @@
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lkconv compiled kernels (CPU always, CUDA when built with nvcc)";
   m.def("cpu_forward", &lkconv::cpu::forward, "depthwise forward, CPU", py::arg("input"), py::arg("weight"),
-        py::arg("bias"), py::arg("padding"), py::arg("channels_last"));
+        py::arg("bias"), py::arg("padding"), py::arg("channels_last"), py::arg("algorithm") = 0);
   m.def("cpu_backward_input", &lkconv::cpu::backward_input, "depthwise backward-input, CPU", py::arg("grad_output"),
-        py::arg("weight"), py::arg("in_h"), py::arg("in_w"), py::arg("padding"), py::arg("channels_last"));
+        py::arg("weight"), py::arg("in_h"), py::arg("in_w"), py::arg("padding"), py::arg("channels_last"),
+        py::arg("algorithm") = 0);
   m.def("cpu_backward_weight", &lkconv::cpu::backward_weight, "depthwise backward-weight, CPU",
         py::arg("grad_output"), py::arg("input"), py::arg("kh"), py::arg("kw"), py::arg("padding"));
   m.def("cpu_isa", [] { return std::string(lkconv::cpu::plane_kernels().isa); },

@@ -1,13 +1,14 @@
 // Declarations of the compiled passes. Padding is (top, bottom, left, right); stride and dilation are 1.
+// `algorithm` picks the correlation cores of forward/backward-input: 0 by shape, 1 plane, 2 channel-vectorised.
 #pragma once
 #include <torch/extension.h>
 
 namespace lkconv {
 namespace cpu {
 at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                   at::IntArrayRef padding, bool channels_last);
+                   at::IntArrayRef padding, bool channels_last, int64_t algorithm = 0);
 at::Tensor backward_input(const at::Tensor& grad_out, const at::Tensor& weight, int64_t in_h, int64_t in_w,
-                          at::IntArrayRef padding, bool channels_last);
+                          at::IntArrayRef padding, bool channels_last, int64_t algorithm = 0);
 at::Tensor backward_weight(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh, int64_t kw,
                            at::IntArrayRef padding);
 }  // namespace cpu

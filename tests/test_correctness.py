@@ -49,6 +49,18 @@ def test_cpu_backend_other_dtypes(case, dtype):
     run_case(case, "cpu", dtype)
 
 
+# Both correlation cores of the CPU backend on every case (auto picks one by shape; here each is forced).
+@pytest.mark.parametrize("case", cases(per_kernel=2), ids=lambda c: c.id)
+@pytest.mark.parametrize("algorithm", ["planes", "channels"])
+def test_cpu_correlation_cores(case, algorithm):
+    from lkconv.backends.cpu import cpu_algorithm
+
+    with cpu_algorithm(algorithm):
+        run_case(case, "cpu", torch.float32)
+        if case.c <= 3:
+            run_case(case, "cpu", torch.float64)
+
+
 # The Triton interpreter is slow: small maps and few channels, every kernel family still covered.
 TRITON_CASES = [c for c in cases(per_kernel=2, max_channels=3, max_map=16)]
 
@@ -106,15 +118,18 @@ def test_non_finite_inputs_stay_local(backend, dtype):
 
 
 @pytest.mark.parametrize("kernel", [(3, 3), (5, 2)])
-def test_every_width_and_height_cpu(kernel):
+@pytest.mark.parametrize("algorithm", ["planes", "channels"])
+def test_every_width_and_height_cpu(kernel, algorithm):
     """Every map width/height up to 70 (all column/row blockings and tails of the vectorised kernels)."""
+    from lkconv.backends.cpu import cpu_algorithm
+
     kh, kw = kernel
     for size in range(1, 71):
         for h, w in ((3, size), (size, 4)):
             x = torch.randn(2, 2, h, w)
             wt = torch.randn(2, 1, kh, kw)
             g = torch.randn(2, 2, h, w)
-            with lkconv.use_backend("cpu"):
+            with lkconv.use_backend("cpu"), cpu_algorithm(algorithm):
                 ours = conv_with_grads(x, wt, None, g, padding="same", fn=lambda *a: lkconv.depthwise_conv2d(*a))
             ref = conv_with_grads(x.double(), wt.double(), None, g.double(), padding="same", fn=unfold_conv)
             theirs = conv_with_grads(x, wt, None, g, padding="same")

@@ -180,6 +180,131 @@ void correlate_all(const at::Tensor& src, const at::Tensor& filter, const S* bia
   });
 }
 
+template <typename T>
+ChannelsFn<T> channels_fn();
+template <>
+ChannelsFn<float> channels_fn<float>() { return plane_kernels().channels_f32; }
+template <>
+ChannelsFn<double> channels_fn<double>() { return plane_kernels().channels_f64; }
+template <typename T>
+int64_t lanes() { return std::is_same<T, double>::value ? plane_kernels().lanes_f64 : plane_kernels().lanes_f32; }
+
+// The same result as correlate_all by the channel-vectorised cores (channel_kernels.h): L channels of a
+// pixel side by side in [row][col][L] buffers, so small maps fill the vectors and padding taps are skipped.
+template <typename S>
+void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, const S* bias, at::Tensor& out,
+                            int64_t top, int64_t left, bool flip) {
+  using T = acc_t<S>;
+  const int64_t N = src.size(0), C = src.size(1), H = src.size(2), W = src.size(3);
+  const int64_t OH = out.size(2), OW = out.size(3), kh = filter.size(2), kw = filter.size(3);
+  const TapRange ti = useful_taps(kh, H, OH, top), tj = useful_taps(kw, W, OW, left);
+  const int64_t L = lanes<T>();
+  const int64_t groups = (C + L - 1) / L;
+  const int64_t khc = ti.empty() ? 0 : ti.size(), kwc = tj.empty() ? 0 : tj.size();
+  // The cropped filter (flipped if asked) and the bias, L channels per vector, zero in lanes past C.
+  // Prepared in parallel: at 512 channels of 27x27 this is 373k values, a third of a small map's run if serial.
+  std::vector<T> wt(groups * std::max<int64_t>(khc * kwc, 1) * L), bt(groups * L, T(0));
+  const S* fp = filter.data_ptr<S>();
+  const auto fs = filter.strides();
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t group = g0; group < g1; ++group) {
+      T* wg = wt.data() + group * khc * kwc * L;
+      const int64_t c0 = group * L, count = std::min(L, C - c0);
+      for (int64_t i = 0; i < khc; ++i)
+        for (int64_t j = 0; j < kwc; ++j) {
+          int64_t fi = ti.lo + i, fj = tj.lo + j;
+          if (flip) fi = kh - 1 - fi, fj = kw - 1 - fj;
+          const S* f = fp + c0 * fs[0] + fi * fs[2] + fj * fs[3];
+          T* d = wg + (i * kwc + j) * L;
+          for (int64_t l = 0; l < count; ++l) d[l] = static_cast<T>(f[l * fs[0]]);
+          for (int64_t l = count; l < L; ++l) d[l] = T(0);
+        }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) bt[c] = bias ? static_cast<T>(bias[c]) : T(0);
+  // Where the image sits relative to the cropped taps. A negative offset (padding wider than the kernel in
+  // backward-input) means the first image rows/columns are never read: they are cropped away.
+  int64_t bl = left - tj.lo, btop = top - ti.lo;
+  const int64_t skip_r = std::max<int64_t>(0, -btop), skip_c = std::max<int64_t>(0, -bl);
+  const int64_t Hc = std::max<int64_t>(0, H - skip_r), Wc = std::max<int64_t>(0, W - skip_c);
+  btop += skip_r, bl += skip_c;
+  const int64_t cols = std::max(OW + kwc, bl + Wc) + kSlack;
+  const S* sp = src.data_ptr<S>();
+  S* op = out.data_ptr<S>();
+  const auto ss = src.strides(), os = out.strides();
+  const ChannelsFn<T> correlate = channels_fn<T>();
+  at::parallel_for(0, N * groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> sbuf(std::max<int64_t>(Hc, 1) * cols * L, T(0)), obuf(OH * OW * L);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / groups, group = task % groups, c0 = group * L, g_count = std::min(L, C - c0);
+      const S* s = sp + n * ss[0] + c0 * ss[1] + skip_r * ss[2] + skip_c * ss[3];
+      if (khc > 0 && kwc > 0) {
+        // Gather the image into columns [bl, bl + Wc); the columns around it stay zero from the allocation.
+        if (ss[1] == 1) {  // channels fastest: copy pixel by pixel
+          for (int64_t r = 0; r < Hc; ++r)
+            for (int64_t c = 0; c < Wc; ++c) {
+              const S* px = s + r * ss[2] + c * ss[3];
+              T* d = sbuf.data() + (r * cols + bl + c) * L;
+              for (int64_t g = 0; g < g_count; ++g) d[g] = static_cast<T>(px[g]);
+            }
+        } else {
+          for (int64_t g = 0; g < g_count; ++g)
+            for (int64_t r = 0; r < Hc; ++r) {
+              const S* row = s + g * ss[1] + r * ss[2];
+              T* d = sbuf.data() + (r * cols + bl) * L + g;
+              for (int64_t c = 0; c < Wc; ++c) d[c * L] = static_cast<T>(row[c * ss[3]]);
+            }
+        }
+      }
+      correlate(sbuf.data(), cols * L, static_cast<int>(Hc), static_cast<int>(bl), static_cast<int>(Wc),
+                static_cast<int>(btop), wt.data() + group * khc * kwc * L, static_cast<int>(khc),
+                static_cast<int>(kwc), bt.data() + group * L, obuf.data(), static_cast<int>(OH),
+                static_cast<int>(OW));
+      S* o = op + n * os[0] + c0 * os[1];
+      if (os[1] == 1) {
+        for (int64_t y = 0; y < OH; ++y)
+          for (int64_t x = 0; x < OW; ++x) {
+            const T* v = obuf.data() + (y * OW + x) * L;
+            S* d = o + y * os[2] + x * os[3];
+            for (int64_t g = 0; g < g_count; ++g) d[g] = static_cast<S>(v[g]);
+          }
+      } else {
+        for (int64_t g = 0; g < g_count; ++g)
+          for (int64_t y = 0; y < OH; ++y) {
+            S* d = o + g * os[1] + y * os[2];
+            const T* v = obuf.data() + y * OW * L + g;
+            for (int64_t x = 0; x < OW; ++x) d[x * os[3]] = static_cast<S>(v[x * L]);
+          }
+      }
+    }
+  });
+}
+
+// Which correlation cores a call uses: 1 = plane cores, 2 = channel-vectorised cores, 0 = pick by shape.
+enum Algorithm : int64_t { kAuto = 0, kPlanes = 1, kChannels = 2 };
+
+// The channel-vectorised cores win (measured, float32, 2 threads: bench/results/cpu-algorithms.json) for
+// channels_last sources at every benchmarked shape (their gather is a plain copy), and for NCHW sources where
+// the plane cores' rows are short or their filter rows long: maps up to 28 wide (RepLKNet stages 2-4) and
+// kernels 31 or more wide. NCHW 56x56 maps with kernels up to 13 wide (and 51x5) stay on the plane cores.
+bool prefer_channels(bool channels_fastest, int64_t ow, int64_t kw) {
+  return channels_fastest || ow <= 28 || kw >= 31;
+}
+
+template <typename S>
+void correlate(const at::Tensor& src, const at::Tensor& filter, const S* bias, at::Tensor& out, int64_t top,
+               int64_t left, bool flip, int64_t algorithm) {
+  TORCH_CHECK(algorithm >= kAuto && algorithm <= kChannels, "lkconv cpu: algorithm must be 0 (auto), 1 (planes) "
+              "or 2 (channels), got ", algorithm);
+  const bool channels_fastest = src.stride(1) == 1 && src.size(1) > 1;
+  const bool channels = algorithm == kChannels ||
+                        (algorithm == kAuto && prefer_channels(channels_fastest, out.size(3), filter.size(3)));
+  if (channels)
+    correlate_channels_all<S>(src, filter, bias, out, top, left, flip);
+  else
+    correlate_all<S>(src, filter, bias, out, top, left, flip);
+}
+
 // grad_w[c] = sum_n corr(x[n, c] shifted by (top, left), grad_out[n, c]); only taps that touch real pixels.
 template <typename S>
 void weight_grad(const at::Tensor& grad_out, const at::Tensor& input, at::Tensor& grad_w, int64_t top, int64_t left) {
@@ -271,7 +396,7 @@ int64_t out_len(int64_t in, int64_t k, int64_t before, int64_t after) { return i
 }  // namespace
 
 at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                   at::IntArrayRef padding, bool channels_last) {
+                   at::IntArrayRef padding, bool channels_last, int64_t algorithm) {
   check_operand(input, "input", input);
   check_operand(weight, "weight", input);
   check_filter(weight, input.size(1));
@@ -289,14 +414,14 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const c10:
   if (out.numel() == 0) return out;
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "lkconv_cpu_forward", [&] {
-    correlate_all<scalar_t>(input, weight, b.defined() ? b.data_ptr<scalar_t>() : nullptr, out, padding[0],
-                            padding[2], /*flip=*/false);
+    correlate<scalar_t>(input, weight, b.defined() ? b.data_ptr<scalar_t>() : nullptr, out, padding[0],
+                        padding[2], /*flip=*/false, algorithm);
   });
   return out;
 }
 
 at::Tensor backward_input(const at::Tensor& grad_out, const at::Tensor& weight, int64_t in_h, int64_t in_w,
-                          at::IntArrayRef padding, bool channels_last) {
+                          at::IntArrayRef padding, bool channels_last, int64_t algorithm) {
   check_operand(grad_out, "grad_output", grad_out);
   check_operand(weight, "weight", grad_out);
   check_filter(weight, grad_out.size(1));
@@ -309,8 +434,8 @@ at::Tensor backward_input(const at::Tensor& grad_out, const at::Tensor& weight, 
                            memory_format(channels_last));
   if (grad_in.numel() == 0) return grad_in;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_out.scalar_type(), "lkconv_cpu_backward_input", [&] {
-    correlate_all<scalar_t>(grad_out, weight, nullptr, grad_in, kh - 1 - padding[0], kw - 1 - padding[2],
-                            /*flip=*/true);
+    correlate<scalar_t>(grad_out, weight, nullptr, grad_in, kh - 1 - padding[0], kw - 1 - padding[2],
+                        /*flip=*/true, algorithm);
   });
   return grad_in;
 }

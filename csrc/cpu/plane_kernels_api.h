@@ -12,12 +12,20 @@ template <typename T>
 using WgradFn = void (*)(const T* src, int64_t src_stride, const T* g, int64_t g_stride, int oh, int ow, int kh,
                          int kw, T* res, int64_t res_stride, int row_lo, int row_hi);
 
+// Channel-vectorised correlation (channel_kernels.h): buffers of [row][col][lanes] values.
+template <typename T>
+using ChannelsFn = void (*)(const T* src, int64_t src_row, int h, int bl, int wimg, int bt, const T* w, int kh,
+                            int kw, const T* bias, T* out, int oh, int ow);
+
 struct PlaneKernels {
   const char* isa;
   CorrelateFn<float> correlate_f32;
   CorrelateFn<double> correlate_f64;
   WgradFn<float> wgrad_f32;
   WgradFn<double> wgrad_f64;
+  ChannelsFn<float> channels_f32;
+  ChannelsFn<double> channels_f64;
+  int lanes_f32, lanes_f64;  // channels per vector of the channel-vectorised cores
 };
 
 // The fastest table this CPU can run (chosen once, from cpuid).

@@ -14,10 +14,12 @@
 namespace lkconv {
 namespace cpu {
 #include "plane_kernels.h"
+#include "channel_kernels.h"
 
 PlaneKernels plane_kernels_avx2() {
   return {"avx2", &avx2::correlate_plane<float>, &avx2::correlate_plane<double>, &avx2::wgrad_plane<float>,
-          &avx2::wgrad_plane<double>};
+          &avx2::wgrad_plane<double>, &avx2::correlate_channels<float>,
+          &avx2::correlate_channels<double>, avx2::Vec<float>::kLanes, avx2::Vec<double>::kLanes};
 }
 }  // namespace cpu
 }  // namespace lkconv

@@ -12,10 +12,12 @@
 namespace lkconv {
 namespace cpu {
 #include "plane_kernels.h"
+#include "channel_kernels.h"
 
 PlaneKernels plane_kernels_generic() {
   return {"generic", &generic::correlate_plane<float>, &generic::correlate_plane<double>, &generic::wgrad_plane<float>,
-          &generic::wgrad_plane<double>};
+          &generic::wgrad_plane<double>, &generic::correlate_channels<float>,
+          &generic::correlate_channels<double>, generic::Vec<float>::kLanes, generic::Vec<double>::kLanes};
 }
 }  // namespace cpu
 }  // namespace lkconv

@@ -1,6 +1,15 @@
-"""The C++ CPU kernels (csrc/cpu): vectorised, multi-threaded, stride 1 and dilation 1."""
+"""The C++ CPU kernels (csrc/cpu): vectorised, multi-threaded, stride 1 and dilation 1.
+
+Forward and backward-input run on one of two correlation cores: the plane cores (vectors along a row of one
+channel) or the channel-vectorised cores (vectors across 16 channels of a pixel, padding taps skipped), picked
+by shape in C++ (`prefer_channels` in csrc/cpu/depthwise_cpu.cpp). `cpu_algorithm` forces one, for tests and
+measurements."""
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Iterator
 
 import torch
 
@@ -8,6 +17,21 @@ from .. import _ext
 from .base import Backend, common_refusals
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+ALGORITHMS = {"auto": 0, "planes": 1, "channels": 2}
+_algorithm = contextvars.ContextVar("lkconv_cpu_algorithm", default="auto")
+
+
+@contextlib.contextmanager
+def cpu_algorithm(name: str) -> Iterator[None]:
+    """Within the block, the CPU forward/backward-input use the named correlation cores ("auto", "planes" or
+    "channels")."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown CPU algorithm {name!r} (one of {', '.join(ALGORITHMS)})")
+    token = _algorithm.set(name)
+    try:
+        yield
+    finally:
+        _algorithm.reset(token)
 
 
 class CpuBackend(Backend):
@@ -31,11 +55,13 @@ class CpuBackend(Backend):
         return []
 
     def forward(self, input, weight, bias, call):
-        return _ext._C.cpu_forward(input, weight, bias, list(call.padding), call.channels_last)
+        return _ext._C.cpu_forward(input, weight, bias, list(call.padding), call.channels_last,
+                                   ALGORITHMS[_algorithm.get()])
 
     def backward_input(self, grad_out, weight, call):
         # call.channels_last describes grad_out here (the op builds the call from it).
-        return _ext._C.cpu_backward_input(grad_out, weight, call.h, call.w, list(call.padding), call.channels_last)
+        return _ext._C.cpu_backward_input(grad_out, weight, call.h, call.w, list(call.padding), call.channels_last,
+                                          ALGORITHMS[_algorithm.get()])
 
     def backward_weight(self, grad_out, input, call):
         return _ext._C.cpu_backward_weight(grad_out, input, call.kh, call.kw, list(call.padding))
