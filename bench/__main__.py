@@ -12,7 +12,7 @@ import torch
 from . import kernels, results
 from .cli_args import (csv_list, device_arg, kernel_sizes_arg, positive_int, results_file_arg, shape_sets_arg,
                        writable_path)
-from .environment import describe_environment
+from .environment import describe_environment, finish_environment
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -85,6 +85,14 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{row.median_ms:9.3f} ms {row.note}", file=sys.stderr, flush=True)
 
     rows = kernels.run(shapes, dtypes, layouts, passes, impls, device, quick, progress=progress)
+    finish_environment(env)
+    peak = float(env.get("cpu_fma_peak_gflops", "nan")) * 1e9
+    for r in rows:
+        r.peak_fraction = r.rate(True) / peak if peak == peak and r.median_ms == r.median_ms else float("nan")
+    if "cpu_fma_peak_gflops" in env:
+        print(f"# measured FMA peak {env['cpu_fma_peak_gflops']} GFLOP/s (float32, {env['cpu_isa']}, "
+              f"{env['cpu_threads']} threads); load average before {env['load_average_before']}, after "
+              f"{env['load_average_after']}")
     print(results.table(rows, device.type, markdown=args.markdown))
     wrong = [r for r in rows if not r.correct]
     if args.out:

@@ -51,7 +51,21 @@ def _module_form(argv0: str):
     return [argv0]
 
 
-def describe_environment(device: torch.device) -> Dict[str, str]:
+#: A 1-minute load average at or above this before a CPU run means something else was running: on a shared
+#: 2-core box that slows oneDNN far more than lkconv's kernels and overstates every speed-up.
+BUSY_LOAD = 0.5
+
+
+def load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def describe_environment(device: torch.device, measure_cpu: bool = True) -> Dict[str, str]:
+    """Versions, commit, command and device; on the CPU (with `measure_cpu`) also the load average before the
+    run and the measured FMA peak."""
     from lkconv import _ext, __version__
 
     try:
@@ -84,4 +98,26 @@ def describe_environment(device: torch.device) -> Dict[str, str]:
             env["driver"] = "unknown"
     else:
         env["device"] = f"CPU: {env['cpu']} ({env['cpu_threads']} threads)"
+    if device.type == "cpu" and measure_cpu:
+        env["load_average_before"] = f"{load_average():.2f}"
+        if _ext._C is not None and hasattr(_ext._C, "cpu_fma_peak_gflops"):
+            # The machine's float32 FMA peak over torch's threads (a short loop of independent FMA chains in the
+            # instruction set lkconv picked), the denominator of the "% of peak" columns.
+            env["cpu_fma_peak_gflops"] = f"{_ext._C.cpu_fma_peak_gflops(0.5):.1f}"
     return env
+
+
+def finish_environment(env: Dict[str, str]) -> None:
+    """Record the load average after a CPU run (it includes the run itself) and warn when the machine was busy
+    before it started."""
+    if "load_average_before" not in env:
+        return
+    env["load_average_after"] = f"{load_average():.2f}"
+    before = float(env["load_average_before"])
+    if before >= BUSY_LOAD:
+        env["busy"] = "true"
+        import warnings
+
+        warnings.warn(f"the machine was busy before the run (1-minute load average {before:.2f} >= {BUSY_LOAD}): "
+                      "PyTorch/oneDNN slows down far more than lkconv under contention, so speed-ups are "
+                      "overstated; rerun on a quiet machine", stacklevel=2)

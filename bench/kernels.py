@@ -11,7 +11,7 @@ import importlib
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,12 @@ class Shape:
     n: int
     c: int
     size: int
-    k: int
+    k: int  # kernel height (and width unless kw is given)
+    kw: int = 0  # kernel width of a rectangular kernel; 0: square
+
+    @property
+    def kernel(self):
+        return (self.k, self.kw or self.k)
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Row:
     correct: bool = True
     speedup_vs_torch_nchw: float = math.nan
     speedup_vs_torch_channels_last: float = math.nan
+    peak_fraction: float = math.nan  # useful FLOP/s over the machine's measured FMA peak (CPU)
     note: str = ""
 
     def key(self):
@@ -85,12 +91,14 @@ class Impl:
     name: str
     fn: Callable
     layout: str
-    backend: Optional[str] = None  # lkconv backend to force
+    backend: Optional[str] = None  # lkconv backend to force ("auto": let the dispatcher choose)
     is_reference: bool = False  # PyTorch's own F.conv2d
 
     def __call__(self, x, w, b, padding):
         if self.backend is None:
             return self.fn(x, w, b, 1, padding, 1, x.shape[1])
+        if self.backend == "auto":
+            return self.fn(x, w, b, 1, padding)
         with lkconv.use_backend(self.backend):
             return self.fn(x, w, b, 1, padding)
 
@@ -109,6 +117,8 @@ def lkconv_impls(device: torch.device, layouts: Sequence[str]) -> List[Impl]:
         if device.type == "cuda" and backend == "cpu":
             continue
         out += [Impl(f"lkconv-{backend}", lkconv.depthwise_conv2d, layout, backend=backend) for layout in layouts]
+    # What a user gets: the dispatcher's choice (which may be PyTorch's own kernel where that is faster).
+    out += [Impl("lkconv-auto", lkconv.depthwise_conv2d, layout, backend="auto") for layout in layouts]
     return out
 
 
@@ -130,7 +140,9 @@ def extra_impl(spec: str, layouts: Sequence[str]) -> List[Impl]:
     return [Impl(spec, fn, layout) for layout in layouts]
 
 
-SHAPE_SETS = ("sweep", "replknet31b", "convnext")
+SHAPE_SETS = ("sweep", "replknet31b", "convnext", "rect")
+# Rectangular kernels (SLaK's decomposed 51x5 / 5x51 pair) on the sweep's map.
+RECT_KERNELS = ((51, 5), (5, 51))
 
 
 def shapes_for(kind: str, kernel_sizes: Sequence[int], batch: int, convnext_k: int, sweep_channels: int,
@@ -140,10 +152,13 @@ def shapes_for(kind: str, kernel_sizes: Sequence[int], batch: int, convnext_k: i
                 for k in kernel_sizes]
     if kind == "replknet31b":
         return [Shape(name, batch, c, s, k) for name, c, s, k in REPLKNET_31B]
+    if kind == "rect":
+        return [Shape(f"rect.c{sweep_channels}.{sweep_size}.{kh}x{kw}", batch, sweep_channels, sweep_size, kh, kw)
+                for kh, kw in RECT_KERNELS]
     if kind == "convnext":
         return [Shape(name.replace("_t", f"_t.k{convnext_k}"), batch, c, s, convnext_k) for name, c, s, _ in
                 CONVNEXT_T]
-    raise ValueError(f"unknown shape set {kind!r} (sweep, replknet31b, convnext)")
+    raise ValueError(f"unknown shape set {kind!r} (sweep, replknet31b, convnext, rect)")
 
 
 @dataclass
@@ -154,7 +169,7 @@ class Problem:
     w: torch.Tensor
     b: torch.Tensor
     g: torch.Tensor
-    padding: int
+    padding: Tuple[int, int]
     ref: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -162,12 +177,13 @@ def make_problem(shape: Shape, dtype: torch.dtype, layout: str, device: torch.de
     gen = torch.Generator(device="cpu").manual_seed(0)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.randn(shape.n, shape.c, shape.size, shape.size, generator=gen)
-    w = torch.randn(shape.c, 1, shape.k, shape.k, generator=gen) / shape.k
+    kh, kw = shape.kernel
+    w = torch.randn(shape.c, 1, kh, kw, generator=gen) / max(kh, kw)
     b = torch.randn(shape.c, generator=gen)
     g = torch.randn(shape.n, shape.c, shape.size, shape.size, generator=gen)
     to = dict(device=device, dtype=dtype)
     p = Problem(x.to(**to).contiguous(memory_format=fmt), w.to(**to), b.to(**to),
-                g.to(**to).contiguous(memory_format=fmt), shape.k // 2)
+                g.to(**to).contiguous(memory_format=fmt), (kh // 2, kw // 2))
     if with_ref:
         x64, w64, b64 = (t.to(device=device, dtype=torch.float64).requires_grad_() for t in (p.x, p.w, p.b))
         y64 = F.conv2d(x64, w64, b64, 1, p.padding, 1, shape.c)
@@ -230,8 +246,8 @@ def run(shapes: Sequence[Shape], dtypes: Sequence[torch.dtype], layouts: Sequenc
     for shape in shapes:
         for dtype in dtypes:
             problems = {layout: make_problem(shape, dtype, layout, device, with_ref=True) for layout in LAYOUTS}
-            call = describe(problems["nchw"].x, problems["nchw"].w, padding=shape.k // 2)
-            per_pass_nominal = 2.0 * shape.n * shape.c * call.out_h * call.out_w * shape.k * shape.k
+            call = describe(problems["nchw"].x, problems["nchw"].w, padding=problems["nchw"].padding)
+            per_pass_nominal = 2.0 * shape.n * shape.c * call.out_h * call.out_w * shape.kernel[0] * shape.kernel[1]
             per_pass_useful = 2.0 * shape.n * shape.c * call.useful_taps()
             for pass_ in passes:
                 mult = 3 if pass_ == "fwd_bwd" else 1

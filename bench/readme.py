@@ -42,6 +42,12 @@ def kernel_section(path: str) -> str:
     out = [f"### {env['device']} — kernels", "",
            f"Measured {env['date'][:10]}, torch {env['torch']}, lkconv `{env['lkconv_commit'][:12]}`, "
            f"`{_command(env)}` ([results]({rel})).", ""]
+    if "cpu_fma_peak_gflops" in env:
+        out += [f"Measured float32 FMA peak {env['cpu_fma_peak_gflops']} GFLOP/s ({env.get('cpu_isa', '?')}, "
+                f"{env['cpu_threads']} threads); 1-minute load average {env['load_average_before']} before the run "
+                f"(the after value, {env.get('load_average_after', '?')}, includes the run itself)."
+                + (" **The machine was busy before the run: speed-ups are overstated.**" if env.get("busy") else ""),
+                ""]
     torch_ms = {(r.shape, r.k, r.dtype, r.pass_, r.layout): r.median_ms for r in rows if r.impl == "torch"}
     groups = defaultdict(list)
     for r in rows:
@@ -50,18 +56,21 @@ def kernel_section(path: str) -> str:
     unit = "GFLOP/s" if "CPU" in env["device"] else "TFLOP/s"
     scale = 1e9 if unit == "GFLOP/s" else 1e12
     out.append(f"Time in ms (lkconv / PyTorch's faster layout), speed-up over PyTorch's faster layout, and "
-               f"useful {unit} of lkconv, per caller layout:")
+               f"useful {unit} of lkconv, per caller layout. `lkconv-auto` is what a user gets (the dispatcher's "
+               f"choice, PyTorch's own kernel where that is faster); `lkconv-cpu` forces lkconv's kernels:")
     out.append("")
+    peak = "cpu_fma_peak_gflops" in env
     out.append("| shape | k | dtype | impl | layout | pass | lkconv ms | PyTorch best ms | speed-up | useful "
-               f"{unit} | max rel err |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+               f"{unit} |" + (" % of peak |" if peak else "") + " max rel err |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if peak else "") + "---|")
     for (shape, k, dtype, impl), rs in groups.items():
         for r in rs:
             best = min(torch_ms.get((shape, k, dtype, r.pass_, lay), math.inf) for lay in ("nchw", "channels_last"))
             speed = best / r.median_ms if r.median_ms == r.median_ms and r.median_ms > 0 else math.nan
             out.append(f"| {shape} | {k} | {dtype} | {impl} | {r.layout} | {PASS_NAMES.get(r.pass_, r.pass_)} | "
                        f"{_f(r.median_ms, '.2f')} | {_f(best, '.2f')} | {_f(speed, '.2f')}× | "
-                       f"{_f(r.rate(True) / scale)} | {r.max_rel_err:.1e} |")
+                       f"{_f(r.rate(True) / scale)} |" + (f" {_f(100 * r.peak_fraction, '.0f')} |" if peak else "")
+                       + f" {r.max_rel_err:.1e} |")
     png = os.path.splitext(path)[0] + ".png"
     if os.path.exists(png):
         out += ["", f"![speed-up vs kernel size]({os.path.relpath(png, ROOT)})"]
@@ -74,8 +83,25 @@ def model_section(path: str) -> str:
     env, rows = data["environment"], data["rows"]
     out = [f"### {env['device']} — models", "",
            f"Measured {env['date'][:10]}, torch {env['torch']}, lkconv `{env['lkconv_commit'][:12]}`, "
-           f"`{_command(env)}` ([results]({os.path.relpath(path, ROOT)})).", "",
-           "| model | k | mode | batch | image | stock img/s | lkconv img/s | speed-up |", "|---|---|---|---|---|---|---|---|"]
+           f"`{_command(env)}` ([results]({os.path.relpath(path, ROOT)})).", ""]
+    if "load_average_before" in env:
+        out += [f"1-minute load average {env['load_average_before']} before the run."
+                + (" **The machine was busy: speed-ups are overstated.**" if env.get("busy") else ""), ""]
+    if all("layout" in r for r in rows):
+        out += ["Each side in its faster layout (both measured):", "",
+                "| model | k | mode | batch | image | stock img/s | stock layout | lkconv img/s | lkconv layout | "
+                "speed-up |", "|---|---|---|---|---|---|---|---|---|---|"]
+        groups = defaultdict(list)
+        for r in rows:
+            groups[(r["model"], r["k"], r["mode"], r["batch"], r["image_size"])].append(r)
+        for (model, k, mode, batch, image), rs in groups.items():
+            stock = max((r for r in rs if r["variant"] == "stock"), key=lambda r: r["images_per_s"])
+            lk = max((r for r in rs if r["variant"] == "lkconv"), key=lambda r: r["images_per_s"])
+            out.append(f"| {model} | {k} | {mode} | {batch} | {image} | {stock['images_per_s']:.2f} | "
+                       f"{stock['layout']} | {lk['images_per_s']:.2f} | {lk['layout']} | "
+                       f"{lk['images_per_s'] / stock['images_per_s']:.2f}× |")
+        return "\n".join(out)
+    out += ["| model | k | mode | batch | image | stock img/s | lkconv img/s | speed-up |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["variant"] != "lkconv":
             continue
@@ -91,6 +117,8 @@ def _kind(path: str) -> str:
         data = json.load(f)
     if data.get("kind") == "predicted (static)":
         return "static"
+    if data.get("kind") == "cpu dispatch rules":
+        return "rules"  # the evidence behind the CPU dispatch rules; cited, not tabulated
     return "models" if "variant" in (data.get("rows") or [{}])[0] else "kernels"
 
 

@@ -65,12 +65,12 @@ def table(rows: Iterable[Row], device_type: str = "cpu", markdown: bool = False)
     """One line per row: time, spread, FLOP rates, speed-ups, error."""
     unit, scale = ("GFLOP/s", 1e9) if device_type == "cpu" else ("TFLOP/s", 1e12)
     head = ["shape", "k", "dtype", "pass", "impl", "layout", "median ms", "p20–p80 ms", f"nominal {unit}",
-            f"useful {unit}", "× torch NCHW", "× torch CL", "max rel err"]
+            f"useful {unit}", "% of peak", "× torch NCHW", "× torch CL", "max rel err"]
     lines = []
     for r in rows:
         lines.append([r.shape, str(r.k), r.dtype, r.pass_, r.impl, r.layout, _fmt(r.median_ms),
                       f"{_fmt(r.p20_ms)}–{_fmt(r.p80_ms)}", _fmt(r.rate(False) / scale, 1),
-                      _fmt(r.rate(True) / scale, 1), _fmt(r.speedup_vs_torch_nchw),
+                      _fmt(r.rate(True) / scale, 1), _fmt(100 * r.peak_fraction, 0), _fmt(r.speedup_vs_torch_nchw),
                       _fmt(r.speedup_vs_torch_channels_last), f"{r.max_rel_err:.1e}" + (" " + r.note if r.note else "")])
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -526,7 +526,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         import torch
 
-        data = dict(kind="predicted (static)", environment=describe_environment(torch.device("cpu")),
+        data = dict(kind="predicted (static)", environment=describe_environment(torch.device("cpu"), measure_cpu=False),
                     peak_fp32_tflops=PEAK_FP32_TFLOPS, model=__doc__.split("\n\n")[1],
                     predictions=[dataclasses.asdict(x) for x in predictions],
                     kernels=[dataclasses.asdict(r) for r in all_reports])

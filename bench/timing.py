@@ -23,7 +23,9 @@ class Timing:
 def time_cpu(fn: Callable[[], object], min_run_time: float) -> Timing:
     from torch.utils import benchmark
 
-    m = benchmark.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time)
+    # Timer runs on one thread unless told otherwise: measure with the threads the run records (torch's).
+    m = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=min_run_time)
     times = np.asarray(m.times) * 1e3
     return Timing(float(np.median(times)), float(np.percentile(times, 20)), float(np.percentile(times, 80)))
 

@@ -11,6 +11,8 @@ at::Tensor backward_input(const at::Tensor& grad_out, const at::Tensor& weight, 
                           at::IntArrayRef padding, bool channels_last, int64_t algorithm = 0);
 at::Tensor backward_weight(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh, int64_t kw,
                            at::IntArrayRef padding);
+// Measured float32 FMA peak of this machine's picked instruction set over torch's threads, GFLOP/s.
+double fma_peak_gflops(double seconds);
 }  // namespace cpu
 
 #ifdef LKCONV_WITH_CUDA

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
+from torch.autograd import forward_ad
 
 from . import ops
 
@@ -178,9 +179,19 @@ def depthwise_conv2d(input, weight, bias, padding: List[int], stride: List[int],
     Under torch.compile the op is called directly (its registered autograd is what AOTAutograd traces; Dynamo
     cannot trace an autograd.Function with a custom jvp); in eager mode the Function, which also serves forward
     mode and torch.func."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not needs_function(input, weight, bias):
         return ops.depthwise_conv2d_fwd(input, weight, bias, padding, stride, dilation)
     return DepthwiseConv2d.apply(input, weight, bias, Geometry(tuple(padding), tuple(stride), tuple(dilation)))
+
+
+def needs_function(input, weight, bias) -> bool:
+    """Whether a call needs the autograd.Function: something requires grad, a forward-mode dual level is open, or
+    a torch.func transform is active. Plain inference calls the op (Function.apply binds its arguments through
+    inspect.signature on every call: ~35 us, a fifth of a small layer's time)."""
+    if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return True
+    return forward_ad._current_level >= 0 or torch._C._functorch.peek_interpreter_stack() is not None
 
 
 # ---- the same derivatives for callers of the ops themselves (torch.ops.lkconv.*) ---------------------------

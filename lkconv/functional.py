@@ -19,6 +19,11 @@ def depthwise_conv2d_reference(input: torch.Tensor, weight: torch.Tensor, bias: 
     return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
 
 
+def _inference_on_pytorch(x, weight, bias, call) -> bool:
+    return (x.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not autograd.needs_function(x, weight, bias) and dispatch.select(call).name == "torch")
+
+
 def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                      stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1) -> torch.Tensor:
     """Depthwise 2-D convolution: exactly `F.conv2d(input, weight, bias, stride, padding, dilation, groups=C)`.
@@ -59,6 +64,11 @@ def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     if torch.onnx.is_in_onnx_export():
         # ONNX has a standard grouped Conv; the exporter writes F.conv2d as that (the custom op has no ONNX form).
         out = depthwise_conv2d_reference(x, weight, bias, stride, padding, dilation)
+    elif _inference_on_pytorch(x, weight, bias, call):
+        # The dispatcher picks PyTorch's own kernel (it is the faster one here) and nothing needs gradients:
+        # call it without the op's ~0.1 ms of Python around it, so that installing lkconv never slows such
+        # a layer down. (On the CPU PyTorch's forward already follows the non-finite rule.)
+        out = dispatch.BACKENDS["torch"].forward(x, weight, bias, call)
     else:
         out = autograd.depthwise_conv2d(x, weight, bias, list(call.padding), list(call.stride),
                                         list(call.dilation))

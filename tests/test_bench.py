@@ -61,3 +61,20 @@ def test_models_bench_and_readme_generation(tmp_path):
     _run("bench.readme", str(readme), str(tmp_path))
     text = readme.read_text()
     assert "old" not in text and "tail" in text and "| model |" in text and "| shape |" in text
+
+
+def test_cpu_timing_runs_on_torchs_threads():
+    """torch.utils.benchmark.Timer defaults to one thread; the CPU timings must use the threads the results
+    record (torch.get_num_threads())."""
+    import torch
+
+    from bench.timing import time_cpu
+
+    seen = []
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        time_cpu(lambda: seen.append(torch.get_num_threads()), min_run_time=0.01)
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {2}

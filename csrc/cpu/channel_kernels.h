@@ -104,20 +104,25 @@ static inline void cv_block(const T* src, int64_t src_row, int h, int bl, int wi
 // src_row elements), the other columns being zero. out is oh rows of ow pixels, row stride ow * L.
 // src must have at least ow + kw + kCvMaxR readable columns per row.
 constexpr int kCvMaxR = 7;  // R accumulators + R window + 1 weight registers: 15 of 16 (AVX2), fine for AVX-512
+// Columns per block: measured 2..7 on RepLKNet's stages and 7x7/13x13 kernels (AVX-512, 2 threads): 2 and 3 are
+// load-bound, 5 was erratic, 4, 6 and 7 within noise of each other, 6 never the slowest.
+constexpr int kCvBlock = 6;
 
 // Two output rows per block where 32 vector registers hold 2 x R accumulators, the window and two weights.
 constexpr int kCvRows = LKCONV_VEC_BYTES >= 64 ? 2 : 1;
 
-template <typename T, int Q>
+// Blocks of RB columns (RB <= kCvMaxR), then one narrower block for the rest.
+template <typename T, int Q, int RB>
 static void cv_rows(const T* src, int64_t src_row, int h, int bl, int wimg, int bt, const T* w, int kh, int kw,
                     const T* bias, T* out, int y, int ow) {
   constexpr int L = Vec<T>::kLanes;
   const int64_t out_row = static_cast<int64_t>(ow) * L;
   T* orow = out + y * out_row;
   int x0 = 0;
-  for (; x0 + kCvMaxR <= ow; x0 += kCvMaxR)
-    cv_block<T, Q, kCvMaxR>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, orow, out_row, y, x0);
-#define LKCONV_CV_TAIL(R) cv_block<T, Q, R>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, orow, out_row, y, x0)
+  for (; x0 + RB <= ow; x0 += RB)
+    cv_block<T, Q, RB>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, orow, out_row, y, x0);
+#define LKCONV_CV_TAIL(R)                                                                                  \
+  if (R < RB) cv_block<T, Q, (R < RB ? R : 1)>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, orow, out_row, y, x0)
   switch (ow - x0) {
     case 0: break;
     case 1: LKCONV_CV_TAIL(1); break;
@@ -130,12 +135,43 @@ static void cv_rows(const T* src, int64_t src_row, int h, int bl, int wimg, int 
 #undef LKCONV_CV_TAIL
 }
 
+template <typename T, int RB>
+static void cv_plane(const T* src, int64_t src_row, int h, int bl, int wimg, int bt, const T* w, int kh, int kw,
+                     const T* bias, T* out, int oh, int ow) {
+  int y = 0;
+  for (; y + kCvRows <= oh; y += kCvRows)
+    cv_rows<T, kCvRows, RB>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, out, y, ow);
+  for (; y < oh; ++y) cv_rows<T, 1, RB>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, out, y, ow);
+}
+
 template <typename T>
 static void correlate_channels(const T* src, int64_t src_row, int h, int bl, int wimg, int bt, const T* w, int kh,
                                int kw, const T* bias, T* out, int oh, int ow) {
-  int y = 0;
-  for (; y + kCvRows <= oh; y += kCvRows) cv_rows<T, kCvRows>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, out, y, ow);
-  for (; y < oh; ++y) cv_rows<T, 1>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, out, y, ow);
+  cv_plane<T, kCvBlock>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, out, oh, ow);
+}
+
+// The machine's FMA peak, for the benchmark's "fraction of peak" column: `iters` rounds of 12 independent
+// vector FMA chains (more than latency x throughput on current cores). Returns a checksum so the loop stays.
+template <typename T>
+static double fma_loop(int64_t iters) {
+  using V = typename Vec<T>::type;
+  constexpr int kChains = 12;
+  V acc[kChains];
+  const V a = V{} + T(0.999999), b = V{} + T(1e-7);
+#pragma GCC unroll 12
+  for (int k = 0; k < kChains; ++k) acc[k] = V{} + T(k);
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 12
+    for (int k = 0; k < kChains; ++k) acc[k] = acc[k] * a + b;
+  }
+  V total = V{};
+#pragma GCC unroll 12
+  for (int k = 0; k < kChains; ++k) total += acc[k];
+  T lanes[Vec<T>::kLanes];
+  storeu(lanes, total);  // lanes through memory only once, so the chains stay in registers
+  double sum = 0;
+  for (int l = 0; l < Vec<T>::kLanes; ++l) sum += lanes[l];
+  return sum;
 }
 
 }  // namespace LKCONV_ISA

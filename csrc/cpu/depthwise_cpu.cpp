@@ -16,6 +16,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <chrono>
 #include <vector>
 
 #include "plane_kernels_api.h"
@@ -283,12 +284,13 @@ void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, con
 // Which correlation cores a call uses: 1 = plane cores, 2 = channel-vectorised cores, 0 = pick by shape.
 enum Algorithm : int64_t { kAuto = 0, kPlanes = 1, kChannels = 2 };
 
-// The channel-vectorised cores win (measured, float32, 2 threads: bench/results/cpu-algorithms.json) for
-// channels_last sources at every benchmarked shape (their gather is a plain copy), and for NCHW sources where
-// the plane cores' rows are short or their filter rows long: maps up to 28 wide (RepLKNet stages 2-4) and
-// kernels 31 or more wide. NCHW 56x56 maps with kernels up to 13 wide (and 51x5) stay on the plane cores.
+// The channel-vectorised cores win (measured, float32, 2 threads, N = 1 and 4: bench/results/cpu-rules.json) for
+// channels_last sources at every measured shape (their gather is a plain copy), and for NCHW sources where the
+// plane cores' rows are short or their filter rows long: maps up to 14 wide, up to 28 wide from 13-wide
+// kernels on (RepLKNet stages 2-4), and kernels 31 or more wide. NCHW 28x28 maps under 3x3-7x7 kernels and
+// 56x56 maps under kernels up to 13 wide (and 51x5) stay on the plane cores.
 bool prefer_channels(bool channels_fastest, int64_t ow, int64_t kw) {
-  return channels_fastest || ow <= 28 || kw >= 31;
+  return channels_fastest || ow <= 14 || (ow <= 28 && kw >= 13) || kw >= 31;
 }
 
 template <typename S>
@@ -455,6 +457,33 @@ at::Tensor backward_weight(const at::Tensor& grad_out, const at::Tensor& input, 
     weight_grad<scalar_t>(grad_out, input, grad_w, padding[0], padding[2]);
   });
   return grad_w;
+}
+
+double fma_peak_gflops(double seconds) {
+  TORCH_CHECK(seconds > 0 && seconds < 60, "lkconv cpu: seconds must be in (0, 60), got ", seconds);
+  const auto& k = plane_kernels();
+  const int64_t threads = at::get_num_threads();
+  const double flops_per_iter = 12.0 * k.lanes_f32 * 2.0;
+  // Calibrate on one thread, then run every thread for about `seconds`.
+  int64_t iters = 1 << 16;
+  for (;;) {
+    const auto t0 = std::chrono::steady_clock::now();
+    volatile double sink = k.fma_loop_f32(iters);
+    (void)sink;
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (dt > 0.02) {
+      iters = static_cast<int64_t>(iters * seconds / dt) + 1;
+      break;
+    }
+    iters *= 4;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<double> sink(threads);
+  at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) sink[t] = k.fma_loop_f32(iters);
+  });
+  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return threads * iters * flops_per_iter / dt / 1e9;
 }
 
 }  // namespace cpu

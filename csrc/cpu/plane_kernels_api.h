@@ -26,6 +26,7 @@ struct PlaneKernels {
   ChannelsFn<float> channels_f32;
   ChannelsFn<double> channels_f64;
   int lanes_f32, lanes_f64;  // channels per vector of the channel-vectorised cores
+  double (*fma_loop_f32)(int64_t iters);  // 12 chains x lanes_f32 x 2 FLOP per iteration
 };
 
 // The fastest table this CPU can run (chosen once, from cpuid).

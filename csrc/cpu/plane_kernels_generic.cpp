@@ -17,7 +17,8 @@ namespace cpu {
 PlaneKernels plane_kernels_generic() {
   return {"generic", &generic::correlate_plane<float>, &generic::correlate_plane<double>, &generic::wgrad_plane<float>,
           &generic::wgrad_plane<double>, &generic::correlate_channels<float>,
-          &generic::correlate_channels<double>, generic::Vec<float>::kLanes, generic::Vec<double>::kLanes};
+          &generic::correlate_channels<double>, generic::Vec<float>::kLanes, generic::Vec<double>::kLanes,
+          &generic::fma_loop<float>};
 }
 }  // namespace cpu
 }  // namespace lkconv

@@ -1,0 +1,127 @@
+"""`python -m bench.cpu_rules`: the measurements behind the CPU dispatch rules.
+
+Two rules decide where a CPU forward/backward-input runs: which of lkconv's correlation cores (`prefer_channels`
+in csrc/cpu/depthwise_cpu.cpp: plane cores or channel-vectorised cores) and whether PyTorch's own kernel is
+faster still (`CpuBackend.auto_refusals`). This measures, per shape and caller layout, PyTorch (oneDNN or its
+native kernel, in the caller's layout), both lkconv cores forced, and lkconv's automatic choice, interleaved
+in one process (float32, the model shapes of ConvNeXt-T and RepLKNet-31B, batch 1 and 4), and reports for
+each row which is fastest and how far the automatic choice is from it. Timings, not correctness: the
+correctness of both cores is asserted by the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .cli_args import kernel_sizes_arg, writable_path
+from .environment import describe_environment, finish_environment
+from .results import _atomic_write
+from .timing import time_cpu
+
+# (channels, map size): the stages of ConvNeXt-T and RepLKNet-31B.
+STAGES = ((96, 56), (192, 28), (384, 14), (768, 7), (128, 56), (256, 28), (512, 14), (1024, 7))
+
+
+@dataclass
+class RuleRow:
+    pass_: str
+    n: int
+    c: int
+    size: int
+    k: int
+    layout: str
+    torch_ms: float
+    planes_ms: float
+    channels_ms: float
+    auto_ms: float
+    fastest: str
+    auto_over_fastest: float  # auto's time / the fastest time (1.0 = auto picked the fastest)
+
+
+def _callables(pass_: str, x, w, g, k, cl):
+    from lkconv import _ext
+    from lkconv.backends.cpu import ALGORITHMS
+
+    c, pad = x.shape[1], [k // 2] * 4
+    if pass_ == "forward":
+        def ours(algo):
+            return lambda: _ext._C.cpu_forward(x, w, None, pad, cl, ALGORITHMS[algo])
+
+        theirs = lambda: F.conv2d(x, w, None, 1, k // 2, 1, c)  # noqa: E731
+    else:
+        h, wd = x.shape[2:]
+
+        def ours(algo):
+            return lambda: _ext._C.cpu_backward_input(g, w, h, wd, pad, cl, ALGORITHMS[algo])
+
+        theirs = lambda: torch.ops.aten.convolution_backward(  # noqa: E731
+            g, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], c, [True, False, False])
+    return theirs, ours("planes"), ours("channels"), ours("auto")
+
+
+def measure(kernel_sizes: List[int], batches: List[int], passes: List[str], min_run_time: float) -> List[RuleRow]:
+    rows = []
+    for pass_ in passes:
+        for k in kernel_sizes:
+            for n in batches:
+                for c, size in STAGES:
+                    for layout in ("nchw", "channels_last"):
+                        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+                        x = torch.randn(n, c, size, size).contiguous(memory_format=fmt)
+                        g = torch.randn(n, c, size, size).contiguous(memory_format=fmt)
+                        w = torch.randn(c, 1, k, k)
+                        fns = _callables(pass_, x, w, g, k, layout == "channels_last")
+                        # Interleaved: one round of every callable, repeated, so drifts hit all alike.
+                        times = [[] for _ in fns]
+                        for _ in range(3):
+                            for i, fn in enumerate(fns):
+                                times[i].append(time_cpu(fn, min_run_time).median_ms)
+                        t, p, ch, auto = (sorted(ts)[1] for ts in times)
+                        best = min(t, p, ch)
+                        fastest = ("torch", "planes", "channels")[[t, p, ch].index(best)]
+                        row = RuleRow(pass_, n, c, size, k, layout, t, p, ch, auto, fastest, auto / best)
+                        rows.append(row)
+                        print(f"{pass_:<14} n={n} c={c:<4} {size:>2}x{size:<2} k={k:<2} {layout:<13} torch {t:7.3f} "
+                              f"planes {p:7.3f} channels {ch:7.3f} auto {auto:7.3f}  fastest {fastest:<8} "
+                              f"auto/fastest {auto / best:4.2f}", flush=True)
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.cpu_rules", description=__doc__)
+    p.add_argument("--kernel-sizes", type=kernel_sizes_arg, default=[3, 7, 13, 29])
+    p.add_argument("--batch-sizes", type=kernel_sizes_arg, default=[1, 4])
+    p.add_argument("--passes", default="forward,backward_input")
+    p.add_argument("--min-run-time", type=float, default=0.1, help="seconds per timing (3 interleaved rounds)")
+    p.add_argument("--out", type=writable_path, default=None, help="results JSON")
+    args = p.parse_args(argv)
+    passes = [s for s in args.passes.split(",") if s]
+    bad = [s for s in passes if s not in ("forward", "backward_input")]
+    if bad:
+        p.error(f"argument --passes: unknown {bad}; choose from forward, backward_input")
+    env = describe_environment(torch.device("cpu"))
+    rows = measure(args.kernel_sizes, args.batch_sizes, passes, args.min_run_time)
+    finish_environment(env)
+    worst = max(rows, key=lambda r: r.auto_over_fastest)
+    print(f"# load average before {env['load_average_before']}; worst auto/fastest {worst.auto_over_fastest:.2f} "
+          f"({worst.pass_} n={worst.n} c={worst.c} {worst.size}x{worst.size} k={worst.k} {worst.layout}, fastest "
+          f"{worst.fastest})")
+    if args.out:
+        rows_json = [dict(asdict(r), **{"pass": r.pass_}) for r in rows]
+        for r in rows_json:
+            r.pop("pass_")
+        _atomic_write(args.out, json.dumps({"environment": env, "kind": "cpu dispatch rules", "rows": rows_json},
+                                           indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
