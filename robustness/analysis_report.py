@@ -12,7 +12,7 @@ import json
 import math
 import os
 from collections import defaultdict
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -53,7 +53,7 @@ def _render(title: str, header: Sequence[str], rows: List[Sequence[str]], fmt: s
     return "\n".join(lines) + ("\n\n" + note if note else "") + "\n\n"
 
 
-def _sweep(models: Dict[str, List[dict]], row_key, col_key, value, col_name) -> (List[str], List[list]):
+def _sweep(models: Dict[str, List[dict]], row_key, col_key, value, col_name) -> Tuple[List[str], List[list]]:
     """A table with a row per row_key(rec) and a column per col_key(rec)."""
     cells, cols = defaultdict(dict), set()
     for recs in models.values():

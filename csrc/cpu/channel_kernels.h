@@ -111,43 +111,40 @@ constexpr int kCvBlock = 6;
 // Two output rows per block where 32 vector registers hold 2 x R accumulators, the window and two weights.
 constexpr int kCvRows = LKCONV_VEC_BYTES >= 64 ? 2 : 1;
 
-// Blocks of RB columns (RB <= kCvMaxR), then one narrower block for the rest.
+// A row of outputs in blocks of at most RB columns, balanced (a 7-wide map is 4 + 3, not 6 + 1: a 1-column block
+// reloads its window for every tap, and a wide block over a short map spends most taps on the zero border).
 template <typename T, int Q, int RB>
 static void cv_rows(const T* src, int64_t src_row, int h, int bl, int wimg, int bt, const T* w, int kh, int kw,
                     const T* bias, T* out, int y, int ow) {
   constexpr int L = Vec<T>::kLanes;
   const int64_t out_row = static_cast<int64_t>(ow) * L;
   T* orow = out + y * out_row;
+  const int blocks = (ow + RB - 1) / RB, base = ow / blocks, wider = ow % blocks;
   int x0 = 0;
-  for (; x0 + RB <= ow; x0 += RB)
-    cv_block<T, Q, RB>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, orow, out_row, y, x0);
-#define LKCONV_CV_TAIL(R)                                                                                  \
-  if (R < RB) cv_block<T, Q, (R < RB ? R : 1)>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, orow, out_row, y, x0)
-  switch (ow - x0) {
-    case 0: break;
-    case 1: LKCONV_CV_TAIL(1); break;
-    case 2: LKCONV_CV_TAIL(2); break;
-    case 3: LKCONV_CV_TAIL(3); break;
-    case 4: LKCONV_CV_TAIL(4); break;
-    case 5: LKCONV_CV_TAIL(5); break;
-    default: LKCONV_CV_TAIL(6); break;
+  for (int b = 0; b < blocks; ++b) {
+    const int width = base + (b < wider ? 1 : 0);
+#define LKCONV_CV_BLOCK(R) cv_block<T, Q, R>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, orow, out_row, y, x0)
+    switch (width) {
+      case 1: LKCONV_CV_BLOCK(1); break;
+      case 2: LKCONV_CV_BLOCK(2); break;
+      case 3: LKCONV_CV_BLOCK(3); break;
+      case 4: LKCONV_CV_BLOCK(4); break;
+      case 5: LKCONV_CV_BLOCK(5); break;
+      case 6: LKCONV_CV_BLOCK(6); break;
+      default: LKCONV_CV_BLOCK(7); break;
+    }
+#undef LKCONV_CV_BLOCK
+    x0 += width;
   }
-#undef LKCONV_CV_TAIL
-}
-
-template <typename T, int RB>
-static void cv_plane(const T* src, int64_t src_row, int h, int bl, int wimg, int bt, const T* w, int kh, int kw,
-                     const T* bias, T* out, int oh, int ow) {
-  int y = 0;
-  for (; y + kCvRows <= oh; y += kCvRows)
-    cv_rows<T, kCvRows, RB>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, out, y, ow);
-  for (; y < oh; ++y) cv_rows<T, 1, RB>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, out, y, ow);
 }
 
 template <typename T>
 static void correlate_channels(const T* src, int64_t src_row, int h, int bl, int wimg, int bt, const T* w, int kh,
                                int kw, const T* bias, T* out, int oh, int ow) {
-  cv_plane<T, kCvBlock>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, out, oh, ow);
+  int y = 0;
+  for (; y + kCvRows <= oh; y += kCvRows)
+    cv_rows<T, kCvRows, kCvBlock>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, out, y, ow);
+  for (; y < oh; ++y) cv_rows<T, 1, kCvBlock>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, out, y, ow);
 }
 
 // The machine's FMA peak, for the benchmark's "fraction of peak" column: `iters` rounds of 12 independent

@@ -44,10 +44,12 @@ class CpuBackend(Backend):
         return common_refusals(call, ("cpu",), DTYPES)
 
     def auto_refusals(self, call):
-        # Measured rule (bench/results/cpu-kernels.json, N=4 C=128 56x56): for channels_last float32 inputs
-        # with kernels up to 7x7, oneDNN's channels_last forward and backward-input beat these kernels
-        # (about 1.8x and 2x), whose channels_last gathers dominate at such small kernels; from 13x13 up
-        # these kernels are as fast or faster. The weight gradient stays here at every size (>= 3x faster).
+        # Measured rule (bench/results/cpu-rules.json, `python -m bench.cpu_rules`: ConvNeXt-T and RepLKNet-31B
+        # stage shapes, batch 1 and 4): for channels_last float32 inputs with kernels up to 7x7, oneDNN's
+        # channels_last forward and backward-input are faster than lkconv's cores (up to ~2x at 3x3, batch 4);
+        # from 9x9 up lkconv's are as fast or faster. NCHW calls stay here: PyTorch's NCHW depthwise kernel is
+        # at best ~20% faster on a few small maps and up to 10x slower on others, by shape and bias. The weight
+        # gradient stays here at every size (>= 3x faster).
         if (call.channels_last and call.pass_name in ("forward", "backward_input") and max(call.kh, call.kw) <= 7
                 and call.dtype == torch.float32 and call.unit_stride_dilation):
             return ["oneDNN (torch backend) is faster for channels_last forward/backward-input with k <= 7 on "
