@@ -9,6 +9,7 @@ rank 0 writes."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -23,6 +24,8 @@ from tqdm import tqdm
 
 from . import analysis as A
 from .analysis.common import PixelSpaceModel, data_config
+from .arguments import (check_checkpoint, check_model_name, count, fraction_or_float, maybe_init_distributed,
+                        prepare_out, resolve_device, torch_distributed_rank, unit_interval)
 from .data import SplitDataset, collate, find_splits
 from .runner import _atomic, _dist, _versions, write_json
 
@@ -298,3 +301,110 @@ def analyze(cfg: AnalysisConfig, out: str, model: Optional[torch.nn.Module] = No
         write_json(path, _jsonable(record))
         written.append(path)
     return written
+
+
+# ---- the command line ------------------------------------------------------------------------------------------
+def val_data(value: str) -> str:
+    name, sep, root = value.partition("=")
+    if not sep or name != "imagenet-val":
+        raise argparse.ArgumentTypeError("--data expects imagenet-val=PATH (class folders of validation images)")
+    return root
+
+
+def add_arguments(a: argparse.ArgumentParser) -> None:
+    """The `analyze` command's arguments (cli.py and reproduce.py build their parsers from this)."""
+    a.add_argument("experiment", choices=list(EXPERIMENTS))
+    a.add_argument("--model", required=True, help="any timm model name, lkconv's included")
+    a.add_argument("--checkpoint", default=None)
+    a.add_argument("--data", type=val_data, default=None, metavar="imagenet-val=PATH")
+    a.add_argument("--out", required=True, help="results folder (the same tree as eval's)")
+    a.add_argument("--limit", type=count(1), default=None, help="at most N images, taken across the classes")
+    a.add_argument("--device", default=None)
+    a.add_argument("--batch-size", type=count(1), default=32)
+    a.add_argument("--workers", type=count(0), default=4)
+    a.add_argument("--amp", choices=["bf16", "fp16"], default=None)
+    a.add_argument("--channels-last", action="store_true")
+    a.add_argument("--seed", type=int, default=0)
+    g = a.add_argument_group("occlusion")
+    g.add_argument("--mode", choices=["random", "salient", "non_salient"], default="random")
+    g.add_argument("--ratios", nargs="+", type=unit_interval, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
+                                                                        0.8, 0.9])
+    g.add_argument("--patch-size", type=count(1), default=16)
+    g.add_argument("--saliency-model", default="vit_small_patch16_224.dino")
+    g.add_argument("--saliency-checkpoint", default=None, help="weights of the saliency ViT (salient modes)")
+    g = a.add_argument_group("fgsm, pgd, autoattack, taig")
+    g.add_argument("--eps", nargs="+", type=unit_interval, default=None,
+                   help="L-inf budgets in [0, 1] pixel units, e.g. 1/255 4/255 (default 0 0.5/255 1/255 2/255 4/255)")
+    g.add_argument("--steps", nargs="+", type=count(1), default=[1, 2, 5, 10, 20], help="PGD steps")
+    g.add_argument("--alpha", type=fraction_or_float, default=None, help="PGD step (default 2.5*eps/steps)")
+    g.add_argument("--norm", choices=["Linf", "L2"], default="Linf", help="AutoAttack norm")
+    g.add_argument("--version", choices=["standard", "plus", "rand"], default="standard", help="AutoAttack version")
+    g.add_argument("--surrogate", default=None, help="TAIG: the timm model the attack is computed on")
+    g.add_argument("--surrogate-checkpoint", default=None)
+    g.add_argument("--path", choices=["straight", "random"], default="straight", help="TAIG-S or TAIG-R")
+    g.add_argument("--taig-steps", type=count(1), default=20)
+    g.add_argument("--ig-steps", type=count(1), default=20)
+    g = a.add_argument_group("lesion")
+    g.add_argument("--blocks", nargs="+", type=count(0), default=None, help="numbers of blocks to drop")
+    g.add_argument("--fractions", nargs="+", type=unit_interval, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
+                   help="fractions of the blocks to drop (when --blocks is not given)")
+    g.add_argument("--samples", type=count(1), default=10)
+    g = a.add_argument_group("noise-frequency, fourier-heatmap")
+    g.add_argument("--l2-eps", type=fraction_or_float, default=4.0, help="L2 norm of the noise per image")
+    g.add_argument("--band-width", type=unit_interval, default=0.1)
+    g.add_argument("--size", type=count(1), default=15, help="Fourier heat map: size x size frequencies")
+    g = a.add_argument_group("kernel-distance, feature-variance, erf")
+    g.add_argument("--branches", action="store_true", help="kernel-distance of each branch, not merged kernels")
+    g.add_argument("--images", type=count(1), default=None, help="images used (default 64 variance, 50 ERF)")
+    g.add_argument("--normalize", action="store_true", help="feature variance / mean square")
+    g.add_argument("--layer", default=None, help="ERF of this layer's output (default forward_features)")
+
+
+_OPTIONS = {
+    "occlusion": ("mode", "ratios", "patch_size", "saliency_model", "saliency_checkpoint"),
+    "fgsm": ("eps",), "pgd": ("eps", "steps", "alpha"), "autoattack": ("eps", "norm", "version"),
+    "taig": ("eps", "surrogate", "surrogate_checkpoint", "path", "taig_steps", "ig_steps"),
+    "lesion": ("blocks", "fractions", "samples"), "noise-frequency": ("l2_eps", "band_width"),
+    "fourier-heatmap": ("l2_eps", "size"), "kernel-distance": ("branches",),
+    "feature-variance": ("images", "normalize"), "erf": ("images", "layer"),
+}
+_DEFAULT_EPS = {"fgsm": [0.0, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255], "pgd": [1 / 255, 4 / 255],
+                "autoattack": [1 / 255, 4 / 255], "taig": [16 / 255]}
+
+
+def config_from_args(args, device: str) -> AnalysisConfig:
+    """The run's configuration from parsed `analyze` arguments; what an experiment needs is checked here."""
+    if args.eps is None:
+        args.eps = _DEFAULT_EPS.get(args.experiment)
+    if args.images is None:
+        args.images = 64 if args.experiment == "feature-variance" else 50
+    options = {name: getattr(args, name) for name in _OPTIONS[args.experiment]}
+    if args.experiment == "occlusion" and args.mode != "random":
+        check_model_name(args.saliency_model)
+        if args.saliency_checkpoint is None:
+            raise ValueError(f"--mode {args.mode} takes saliency from a ViT: give its weights with "
+                             f"--saliency-checkpoint (the paper uses DINO ViT-S/16, {args.saliency_model})")
+        check_checkpoint(args.saliency_checkpoint)
+    if args.experiment == "taig":
+        if args.surrogate is None:
+            raise ValueError("taig needs --surrogate NAME (the model the attack is computed on)")
+        check_model_name(args.surrogate)
+        check_checkpoint(args.surrogate_checkpoint)
+    return AnalysisConfig(args.experiment, args.model, args.checkpoint, args.data, device, args.batch_size,
+                          args.workers, args.amp, args.channels_last, args.limit, args.seed, options)
+
+
+
+
+def run_command(args) -> None:
+    """`lkrobust analyze` once the arguments are parsed."""
+    check_model_name(args.model)
+    check_checkpoint(args.checkpoint)
+    prepare_out(args.out)
+    if args.data is not None:
+        find_splits("imagenet-val", args.data)  # a wrong folder fails now
+    maybe_init_distributed()
+    cfg = config_from_args(args, resolve_device(args.device))
+    written = analyze(cfg, args.out)
+    if torch_distributed_rank() == 0:
+        print(f"{len(written)} point(s) computed; results in {args.out}")

@@ -134,7 +134,7 @@ def load_config(path: str, check_files: bool = True) -> ReproduceConfig:
     """The validated config; every problem named with the file (unknown keys, unknown benchmarks, experiments,
     models or tables, duplicate models, missing folders and checkpoints when `check_files`)."""
     from .analyze import EXPERIMENTS
-    from .cli import check_model_name
+    from .arguments import check_model_name
 
     data = _read(path)
     base = os.path.dirname(os.path.abspath(path))
@@ -224,10 +224,14 @@ def _analyze_args(experiment: str, options: Dict, model: ModelEntry, cfg: Reprod
 def run_all(cfg: ReproduceConfig, device: str) -> None:
     """eval on every benchmark and every experiment for every model; finished work is skipped."""
     from .analyze import analyze
-    from .cli import analysis_config, build_parser
+    import argparse
+
+    from .analyze import add_arguments, config_from_args
     from .runner import EvalConfig, Evaluator
 
-    parser = build_parser()
+    parser = argparse.ArgumentParser(prog="lkrobust analyze")
+    parser.add_argument("command")
+    add_arguments(parser)
     splits = {name: find_splits(name, root) for name, root in cfg.benchmarks.items()}
     for entry in cfg.models:
         eval_cfg = EvalConfig(entry.key, entry.checkpoint, device, cfg.batch_size, cfg.workers, cfg.amp,
@@ -245,7 +249,7 @@ def run_all(cfg: ReproduceConfig, device: str) -> None:
                     raise ValueError(f"{cfg.path}: bad options for experiment {experiment}: {options}") from None
                 if entry.checkpoint:
                     args.checkpoint = entry.checkpoint
-                analysis = analysis_config(args, device)
+                analysis = config_from_args(args, device)
                 analysis.input_size = entry.resolution
                 analyze(analysis, cfg.out, model)
 
@@ -358,7 +362,7 @@ def write_paper(cfg: ReproduceConfig) -> str:
     os.makedirs(cfg.paper, exist_ok=True)
     results = R.load_results(cfg.out) if R.has_results(cfg.out) else {}
     analysis = load_analysis(cfg.out)
-    index = [f"# Paper tables and figures\n", f"Config: `{cfg.path}`; results: `{cfg.out}`; written "
+    index = ["# Paper tables and figures\n", f"Config: `{cfg.path}`; results: `{cfg.out}`; written "
              f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}.\n",
              f"Settings: limit={cfg.limit or 'all'} images per split, amp={cfg.amp or 'fp32'}, seed={cfg.seed}, "
              f"baseline={cfg.baseline or '—'}. Models: " +

@@ -15,6 +15,7 @@ Outputs in `--out`: `last.pth`, `model.pth` and `model_ema.pth` (weights after e
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import dataclasses
@@ -34,6 +35,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .arguments import (check_checkpoint, check_model_name, count, fraction_or_float, maybe_init_distributed,
+                        prepare_out, resolve_device, run_reporting_errors, torch_distributed_rank,
+                        unit_interval)
 from .runner import _atomic, write_json
 
 log = logging.getLogger(__name__)
@@ -571,11 +575,11 @@ def make_smoke_data(root: str, classes: int = 4, train_per_class: int = 16, val_
     rng = np.random.default_rng(seed)
     palette = rng.uniform(0.2, 0.8, (classes, 3))
     yy, xx = np.mgrid[0:size, 0:size] / size
-    for part, count in (("train", train_per_class), ("val", val_per_class)):
+    for part, per_class in (("train", train_per_class), ("val", val_per_class)):
         for c in range(classes):
             folder = os.path.join(root, part, f"n{c:08d}")
             os.makedirs(folder, exist_ok=True)
-            for i in range(count):
+            for i in range(per_class):
                 path = os.path.join(folder, f"{part}_{c}_{i}.JPEG")
                 if os.path.exists(path):
                     continue
@@ -587,10 +591,112 @@ def make_smoke_data(root: str, classes: int = 4, train_per_class: int = 16, val_
     return root
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    from .cli import main as cli_main
+# ---- the command line ------------------------------------------------------------------------------------------
+def imagenet_data(value: str) -> str:
+    name, sep, root = value.partition("=")
+    if not sep or name != "imagenet":
+        raise argparse.ArgumentTypeError("--data expects imagenet=PATH (a folder with train/ and val/ class folders)")
+    return root
 
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+def add_arguments(t: argparse.ArgumentParser) -> None:
+    """The `train` command's arguments."""
+    t.add_argument("--model", default=None, help="any timm name (convnext_tiny_k31, replknet_31b, replknet_3b, ...)")
+    t.add_argument("--data", type=imagenet_data, default=None, metavar="imagenet=PATH")
+    t.add_argument("--out", required=True, help="run folder: checkpoints, weights, metrics")
+    t.add_argument("--preset", default=None, help="recipe from robustness/presets.toml (default convnext-ablation)")
+    t.add_argument("--kernel-size", type=count(1), default=None, help="every large depthwise kernel at this size")
+    t.add_argument("--backend", choices=["lkconv", "torch"], default="lkconv",
+                   help="torch: stock nn.Conv2d, to measure lkconv's speed-up on the same run")
+    t.add_argument("--resume", default="auto", help="auto (continue <out>/last.pth if there), none, or a file")
+    t.add_argument("--smoke", action="store_true",
+                   help="a tiny model for a few steps on a generated dataset (<out>/smoke-data)")
+    t.add_argument("--device", default=None)
+    t.add_argument("--workers", type=count(0), default=None)
+    t.add_argument("--amp", choices=["bf16", "fp16"], default=None)
+    t.add_argument("--channels-last", action="store_true", default=None)
+    t.add_argument("--compile", action="store_true", default=None)
+    t.add_argument("--limit-steps", type=count(1), default=None, help="stop after N optimizer steps in all")
+    for flag, kind in (("epochs", count(1)), ("batch-size", count(1)), ("accum-steps", count(1)),
+                       ("image-size", count(8)), ("lr", fraction_or_float), ("lr-base-batch", count(1)),
+                       ("weight-decay", fraction_or_float), ("warmup-epochs", fraction_or_float),
+                       ("min-lr", fraction_or_float), ("mixup", fraction_or_float), ("cutmix", fraction_or_float),
+                       ("smoothing", unit_interval), ("reprob", unit_interval), ("drop-path", unit_interval),
+                       ("ema-decay", unit_interval), ("clip-grad", fraction_or_float),
+                       ("checkpoint-every", count(0)), ("seed", int)):
+        t.add_argument(f"--{flag}", type=kind, default=None)
+    t.add_argument("--opt", default=None, help="timm optimizer name (adamw, sgd, lamb, ...)")
+    t.add_argument("--sched", default=None, help="timm scheduler name (cosine, step, ...)")
+    t.add_argument("--auto-augment", default=None, help="timm auto-augment string ('' for none)")
+    t.add_argument("--adv", choices=["pgd"], default=None, help="adversarial training with PGD examples")
+    t.add_argument("--adv-eps", type=unit_interval, default=None, help="L-inf budget (default 4/255)")
+    t.add_argument("--adv-steps", type=count(1), default=None, help="PGD steps (default 1)")
+    t.add_argument("--adv-alpha", type=fraction_or_float, default=None, help="PGD step (default 2.5*eps/steps)")
+    t.add_argument("--teacher", default=None, help="knowledge distillation from this timm model")
+    t.add_argument("--teacher-checkpoint", default=None)
+    t.add_argument("--distill", choices=["soft", "hard"], default=None, help="DeiT's soft (KL) or hard (top-1)")
+    t.add_argument("--distill-alpha", type=unit_interval, default=None, help="weight of the distillation loss")
+    t.add_argument("--distill-tau", type=fraction_or_float, default=None, help="soft distillation temperature")
+
+
+def config_from_args(args, device: str) -> TrainConfig:
+    """The run's TrainConfig: dataclass defaults < preset < flags given."""
+    values = dict(preset(args.preset or ("smoke" if args.smoke else "convnext-ablation")))
+    values["preset"] = args.preset or ("smoke" if args.smoke else "convnext-ablation")
+    if args.smoke:
+        values.update(model="test_convnext", kernel_size=13, image_size=32, workers=0,
+                      data=make_smoke_data(os.path.join(args.out, "smoke-data")))
+    for name in ("model", "data", "kernel_size", "backend", "device", "workers", "amp", "channels_last", "compile",
+                 "limit_steps", "epochs", "batch_size", "accum_steps", "image_size", "lr", "lr_base_batch",
+                 "weight_decay", "warmup_epochs", "min_lr", "mixup", "cutmix", "smoothing", "reprob", "drop_path",
+                 "ema_decay", "clip_grad", "checkpoint_every", "seed", "opt", "sched", "auto_augment", "adv",
+                 "adv_eps", "adv_steps", "adv_alpha", "teacher", "teacher_checkpoint", "distill", "distill_alpha",
+                 "distill_tau"):
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    if not values.get("model"):
+        raise ValueError("--model is required (or --smoke)")
+    if not values.get("data"):
+        raise ValueError("--data imagenet=PATH is required (or --smoke)")
+    values["device"] = device
+    values["out"] = args.out
+    check_model_name(values["model"])
+    if values.get("teacher"):
+        check_model_name(values["teacher"])
+        check_checkpoint(values.get("teacher_checkpoint"))
+    return TrainConfig(**values)
+
+
+
+
+def run_command(args) -> None:
+    """`lkrobust train` once the arguments are parsed."""
+    prepare_out(args.out)
+    maybe_init_distributed()
+    cfg = config_from_args(args, resolve_device(args.device))
+    check_layout(cfg.data)
+    resume = None if args.resume == "none" else args.resume
+    if resume not in (None, "auto"):
+        check_checkpoint(resume)
+    epochs = Trainer(cfg).run(resume)
+    if torch_distributed_rank() == 0:
+        last = epochs[-1] if epochs else {}
+        print(f"trained {len(epochs)} epoch(s); last: " + ", ".join(
+            f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)) + f"; run in {args.out}")
+
+
+HELP = "train a timm model on lkconv's kernels (kernel-size ablations; resumable)"
+DESCRIPTION = "Training from timm's parts; a flag overrides the preset's value."
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """`python -m robustness.train ...`, the same as `lkrobust train ...`."""
+    parser = argparse.ArgumentParser(prog="python -m robustness.train", description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    return run_reporting_errors("train", lambda: run_command(args))
 
 
 if __name__ == "__main__":

@@ -176,3 +176,13 @@ def test_resume_with_other_settings_is_refused(tmp_path, data, capsys):
     assert main(["train", "--smoke", "--out", str(out), "--data", f"imagenet={data}", "--limit-steps", "1"]) == 0
     code = main(["train", "--smoke", "--out", str(out), "--data", f"imagenet={data}", "--lr", "0.1"])
     assert code == 2 and "other settings" in capsys.readouterr().err
+
+
+def test_module_entry_point_is_the_train_command(tmp_path, data):
+    run = subprocess.run([sys.executable, "-m", "robustness.train", "--smoke", "--out", str(tmp_path / "m"),
+                          "--data", f"imagenet={data}", "--limit-steps", "1"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(_steps(tmp_path / "m")) == 1
+    bad = subprocess.run([sys.executable, "-m", "robustness.train", "--smoke", "--out", str(tmp_path / "b"),
+                          "--data", f"imagenet={tmp_path / 'nope'}"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "lkrobust train: error" in bad.stderr and "Traceback" not in bad.stderr
