@@ -27,7 +27,7 @@ from .analysis.common import PixelSpaceModel, data_config
 from .arguments import (check_checkpoint, check_model_name, count, fraction_or_float, maybe_init_distributed,
                         prepare_out, resolve_device, torch_distributed_rank, unit_interval)
 from .data import SplitDataset, collate, find_splits
-from .runner import _atomic, _dist, _versions, write_json
+from .runner import _atomic, _dist, _versions, remove_stale_temps, write_json
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +275,8 @@ def analyze(cfg: AnalysisConfig, out: str, model: Optional[torch.nn.Module] = No
         raise ValueError(f"{cfg.experiment} needs validation images: --data imagenet-val=PATH")
     run = Run(cfg, model)
     rank, _ = _dist()
+    if rank == 0:
+        remove_stale_temps(out)
     written = []
     points = experiment.points(run)
     todo = [(pid, p) for pid, p in points

@@ -62,7 +62,7 @@ def _file_mode() -> int:
 
 def _atomic(path: str, write) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".tmp-{os.getpid()}-")
     os.close(fd)
     try:
         write(tmp)
@@ -71,6 +71,32 @@ def _atomic(path: str, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_stale_temps(folder: str) -> None:
+    """Delete the temp files of writers that were killed mid-write (`.tmp-<pid>-*` of a process that no longer
+    runs): an interrupted run loses the file in flight, and leaves nothing behind once rerun."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if not name.startswith(".tmp-"):
+                continue
+            pid = name.split("-")[1]
+            if pid.isdigit() and _running(int(pid)):
+                continue
+            try:
+                os.remove(os.path.join(root, name))
+            except OSError:
+                pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json(path: str, data: Dict) -> None:
@@ -216,6 +242,8 @@ class Evaluator:
         """Evaluate every split of every benchmark that has no finished results file; returns written paths.
         `splits` may hold the benchmarks' splits already found (find_splits), so folders are listed once."""
         rank, _ = _dist()
+        if rank == 0:
+            remove_stale_temps(out)
         written = []
         splits = splits or {}
         plan = [(b, s) for b, root in benches.items() for s in (splits.get(b) or find_splits(b, root))]

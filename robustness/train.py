@@ -38,7 +38,7 @@ from tqdm import tqdm
 from .arguments import (check_checkpoint, check_model_name, count, fraction_or_float, maybe_init_distributed,
                         prepare_out, resolve_device, run_reporting_errors, torch_distributed_rank,
                         unit_interval)
-from .runner import _atomic, write_json
+from .runner import _atomic, remove_stale_temps, write_json
 
 log = logging.getLogger(__name__)
 PRESETS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets.toml")
@@ -543,6 +543,8 @@ class Trainer:
     def run(self, resume: Optional[str] = None) -> List[Dict]:
         """Train to the last epoch (or --limit-steps); returns the per-epoch records."""
         os.makedirs(self.cfg.out, exist_ok=True)
+        if self.rank == 0:
+            remove_stale_temps(self.cfg.out)
         if resume == "auto":
             resume = self.last_path if os.path.exists(self.last_path) else None
         if resume:

@@ -191,3 +191,18 @@ def test_plasma_fractal_is_normalised():
 
     a = plasma_fractal(64, 2.0, np.random.default_rng(0))
     assert a.shape == (64, 64) and a.min() == 0.0 and a.max() == 1.0 and a.std() > 0.05
+
+
+def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
+    from robustness.runner import remove_stale_temps
+
+    (tmp_path / "m" / "b").mkdir(parents=True)
+    dead = tmp_path / "m" / "b" / ".tmp-999999999-abc"  # no such process
+    alive = tmp_path / "m" / ".tmp-{}-abc".format(os.getpid())
+    legacy = tmp_path / ".tmp-xyz"
+    for f in (dead, alive, legacy):
+        f.write_text("partial")
+    (tmp_path / "m" / "b" / "split.json").write_text("{}")
+    remove_stale_temps(str(tmp_path))
+    assert not dead.exists() and not legacy.exists() and alive.exists()
+    assert (tmp_path / "m" / "b" / "split.json").exists()
