@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import analysis as A
 from .analysis.common import PixelSpaceModel, data_config
-from .arguments import (check_checkpoint, check_model_name, count, fraction_or_float, maybe_init_distributed,
+from .arguments import (check_checkpoint, check_model_name, count, fraction_or_float, distributed_session,
                         prepare_out, resolve_device, torch_distributed_rank, unit_interval)
 from .data import SplitDataset, collate, find_splits
 from .runner import _atomic, _dist, _versions, remove_stale_temps, write_json
@@ -405,8 +405,8 @@ def run_command(args) -> None:
     prepare_out(args.out)
     if args.data is not None:
         find_splits("imagenet-val", args.data)  # a wrong folder fails now
-    maybe_init_distributed()
-    cfg = config_from_args(args, resolve_device(args.device))
-    written = analyze(cfg, args.out)
-    if torch_distributed_rank() == 0:
-        print(f"{len(written)} point(s) computed; results in {args.out}")
+    with distributed_session():
+        cfg = config_from_args(args, resolve_device(args.device))
+        written = analyze(cfg, args.out)
+        if torch_distributed_rank() == 0:
+            print(f"{len(written)} point(s) computed; results in {args.out}")

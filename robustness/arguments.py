@@ -4,6 +4,7 @@ checkpoint, device, results folder), torchrun set-up, and the one-line error rep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Callable, Optional
@@ -50,7 +51,8 @@ def unit_interval(value: str) -> float:
     return x
 
 
-def maybe_init_distributed():
+def maybe_init_distributed() -> bool:
+    """Join the torchrun job this process belongs to; True if this call started the process group."""
     import torch
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
@@ -58,6 +60,31 @@ def maybe_init_distributed():
         torch.distributed.init_process_group(backend)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def distributed_session():
+    """Run a command inside the torchrun job, and leave it cleanly.
+
+    A process group still alive at interpreter exit is torn down by destructors in no fixed order, and
+    gloo's worker threads can then abort the process ("terminate called without an active exception")
+    after all the work is done. So the ranks meet at a barrier and destroy the group before returning;
+    on an error the group is destroyed without the barrier, which the other ranks may never reach.
+    """
+    import torch
+
+    started = maybe_init_distributed()
+    try:
+        yield
+    except BaseException:
+        if started:
+            torch.distributed.destroy_process_group()
+        raise
+    if started:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def resolve_device(name: Optional[str]) -> str:

@@ -8,7 +8,7 @@ import sys
 from typing import List, Optional
 
 from . import analyze, train
-from .arguments import (check_checkpoint, check_model_name, count, maybe_init_distributed, prepare_out,
+from .arguments import (check_checkpoint, check_model_name, count, distributed_session, prepare_out,
                         resolve_device, run_reporting_errors, torch_distributed_rank, writable_file)
 from .data import BENCHMARKS, find_splits
 
@@ -67,8 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args) -> None:
     if args.command == "eval":
-        import torch
-
         from .runner import EvalConfig, Evaluator
 
         check_model_name(args.model)
@@ -76,13 +74,13 @@ def _run(args) -> None:
         prepare_out(args.out)
         # A wrong folder fails now, not after the benchmarks before it have run.
         splits = {name: find_splits(name, root) for name, root in args.bench}
-        maybe_init_distributed()
-        device = resolve_device(args.device)
-        cfg = EvalConfig(args.model, args.checkpoint, device, args.batch_size, args.workers, args.amp,
-                         args.channels_last, args.limit)
-        written = Evaluator(cfg).run(dict(args.bench), args.out, splits)
-        if not (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):
-            print(f"{len(written)} split(s) evaluated; results in {args.out}")
+        with distributed_session():
+            device = resolve_device(args.device)
+            cfg = EvalConfig(args.model, args.checkpoint, device, args.batch_size, args.workers, args.amp,
+                             args.channels_last, args.limit)
+            written = Evaluator(cfg).run(dict(args.bench), args.out, splits)
+            if torch_distributed_rank() == 0:
+                print(f"{len(written)} split(s) evaluated; results in {args.out}")
     elif args.command == "analyze":
         analyze.run_command(args)
     elif args.command == "train":
@@ -92,11 +90,11 @@ def _run(args) -> None:
 
         cfg = load_config(args.config)
         prepare_out(cfg.out)
-        if not args.tables_only:
-            maybe_init_distributed()
-            run_all(cfg, resolve_device(args.device or cfg.device))
-        if torch_distributed_rank() == 0:
-            print(f"paper tables and figures: {write_paper(cfg)}")
+        with distributed_session():
+            if not args.tables_only:
+                run_all(cfg, resolve_device(args.device or cfg.device))
+            if torch_distributed_rank() == 0:
+                print(f"paper tables and figures: {write_paper(cfg)}")
     elif args.command == "report":
         from .analysis_report import analysis_plots, analysis_tables
         from .report import has_results, plot, table

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .arguments import (check_checkpoint, check_model_name, count, fraction_or_float, maybe_init_distributed,
+from .arguments import (check_checkpoint, check_model_name, count, fraction_or_float, distributed_session,
                         prepare_out, resolve_device, run_reporting_errors, torch_distributed_rank,
                         unit_interval)
 from .runner import _atomic, remove_stale_temps, write_json
@@ -675,17 +675,17 @@ def config_from_args(args, device: str) -> TrainConfig:
 def run_command(args) -> None:
     """`lkrobust train` once the arguments are parsed."""
     prepare_out(args.out)
-    maybe_init_distributed()
-    cfg = config_from_args(args, resolve_device(args.device))
-    check_layout(cfg.data)
-    resume = None if args.resume == "none" else args.resume
-    if resume not in (None, "auto"):
-        check_checkpoint(resume)
-    epochs = Trainer(cfg).run(resume)
-    if torch_distributed_rank() == 0:
-        last = epochs[-1] if epochs else {}
-        print(f"trained {len(epochs)} epoch(s); last: " + ", ".join(
-            f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)) + f"; run in {args.out}")
+    with distributed_session():
+        cfg = config_from_args(args, resolve_device(args.device))
+        check_layout(cfg.data)
+        resume = None if args.resume == "none" else args.resume
+        if resume not in (None, "auto"):
+            check_checkpoint(resume)
+        epochs = Trainer(cfg).run(resume)
+        if torch_distributed_rank() == 0:
+            last = epochs[-1] if epochs else {}
+            print(f"trained {len(epochs)} epoch(s); last: " + ", ".join(
+                f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)) + f"; run in {args.out}")
 
 
 HELP = "train a timm model on lkconv's kernels (kernel-size ablations; resumable)"
