@@ -247,6 +247,8 @@ class KernelReport:
     static_smem: int
     hot_loop: Dict[str, int] = field(default_factory=dict)
     ffma_share: float = 0.0  # FFMA share of the hot loop's issued instructions
+    # FFMA share of the innermost loop with the fewest FFMAs (the correlation's one-row strip-edge loop)
+    edge_ffma_share: float = 0.0
     note: str = ""
     config: Dict[str, int] = field(default_factory=dict)  # Triton: block sizes and num_warps
 
@@ -264,10 +266,55 @@ def kernel_reports(arch: str, cubins: Sequence[str]) -> List[KernelReport]:
             if loop:
                 rep.hot_loop = loop.mix
                 rep.ffma_share = loop.mix.get("FFMA", 0) / loop.size
+                with_ffma = [lp for lp in loops(instrs) if lp.mix.get("FFMA", 0)]
+                if with_ffma:
+                    edge = min(with_ffma, key=lambda lp: (lp.mix["FFMA"], -lp.mix["FFMA"] / lp.size))
+                    rep.edge_ffma_share = edge.mix["FFMA"] / edge.size
             else:
                 rep.note = "no loop with math instructions"
             reports.append(rep)
     return reports
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -((-a) // b)
+
+
+def correlate_work(cfg: Dict, src_h: int, src_w: int, out_h: int, out_w: int, khc: int, kwc: int, off_t: int,
+                   off_l: int) -> Tuple[int, int]:
+    """(steady, edge) multiply-add slots one plane group of the CUDA correlation issues, following the kernel's
+    own walk (csrc/cuda/correlate_kernel.cu): per thread the source rows inside the map and the chunks of 4
+    taps whose 7 source columns touch it; a warp issues for 32 lanes as long as its busiest lane. `off_t` and
+    `off_l` are for the cropped filter."""
+    ry, lanes_x, thread_rows, planes = cfg["rows_per_thread"], cfg["tile_w"] // 4, cfg["thread_rows"], cfg["planes"]
+    th, tw = thread_rows * ry, lanes_x * 4
+    chunks = _ceil_div(kwc, 4)
+    last = kwc - (chunks - 1) * 4
+    steady = edge = 0
+    for y0 in range(0, out_h, th):
+        for x0 in range(0, out_w, tw):
+            lanes = []
+            for _plane in range(planes):
+                for ly in range(thread_rows):
+                    top = off_t - y0 - ly * ry
+                    t_lo, t_hi = max(0, top), min(ry + khc - 1, top + src_h)
+                    rows_s = rows_e = 0
+                    for t in range(t_lo, t_hi):
+                        valid = min(ry - 1, t) - max(0, t - khc + 1) + 1
+                        if ry - 1 <= t < khc:
+                            rows_s += valid
+                        else:
+                            rows_e += valid
+                    for lx in range(lanes_x):
+                        left = x0 + lx * 4 - off_l
+                        ch_lo, ch_hi = max(0, _ceil_div(-left - 6, 4)), min(chunks, _ceil_div(src_w - left, 4))
+                        taps = 0 if ch_lo >= ch_hi else (ch_hi - ch_lo) * 4 - (4 - last if ch_hi == chunks else 0)
+                        lanes.append((rows_s * taps * 4, rows_e * taps * 4))
+            for i in range(0, len(lanes), 32):
+                warp = lanes[i:i + 32]
+                steady += 32 * max(s for s, _ in warp)
+                edge += 32 * max(e for _, e in warp)
+    return steady, edge
 
 
 def _instantiation(name: str) -> Optional[Tuple[str, str, Tuple[int, ...]]]:
@@ -335,13 +382,17 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
             khc, kwc = cfg["useful_taps"]
             if cfg["kernel"] == "correlate_kernel":
                 tw, ry, planes, rows = cfg["tile_w"], cfg["rows_per_thread"], cfg["planes"], cfg["thread_rows"]
-                th = rows * ry
-                blocks = n * math.ceil(c / planes) * math.ceil(size / th) * math.ceil(size / tw)
-                performed = blocks * cfg["threads"] * ry * khc * kwc
-                config = f"TW={tw} RY={ry} planes={planes} rows={rows}"
-                key_ints = (tw, ry)
+                off = (pad[0], pad[1]) if pass_ == "forward" else (kh - 1 - pad[0], kw - 1 - pad[1])
+                i_lo, j_lo = max(0, off[0] - size + 1), max(0, off[1] - size + 1)
+                steady, edge = correlate_work(cfg, size, size, size, size, khc, kwc, off[0] - i_lo, off[1] - j_lo)
+                groups = n * math.ceil(c / planes)
+                steady, edge = steady * groups, edge * groups
+                performed = steady + edge
+                config = f"{tw}x{rows * ry} tile, {ry}x4/thread, planes={planes}"
+                key_ints = (ry,)
                 kind = "correlate"
-                ignores = "the tile loader (global -> shared), the strip edges' predicated path, the bias/store"
+                ignores = ("the tile loader (global -> shared), the bias/store, memory stalls; strip-edge steps at "
+                           "their own loop's FFMA share")
             else:
                 th, img, tw = cfg["tile_h"], cfg["images"], cfg["tile_w"]
                 khp, kwp = cfg["taps_padded"]
@@ -357,9 +408,14 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
                     continue
                 occ = occupancy(arch, rep.regs, cfg["smem"] + rep.static_smem, cfg["threads"])
                 util = useful / performed
+                if kind == "correlate":  # issue time: steady slots at the hot loop's share, edges at theirs
+                    issue = steady / rep.ffma_share + edge / rep.edge_ffma_share
+                    predicted = PEAK_FP32_TFLOPS[arch] * useful / issue
+                else:
+                    predicted = PEAK_FP32_TFLOPS[arch] * rep.ffma_share * util
                 out.append(Prediction(shape, pass_, dtype, "cuda", rep.kernel, config, rep.regs, rep.spill_bytes,
                                       cfg["smem"], cfg["threads"], occ["fraction"], occ["limiter"], rep.ffma_share,
-                                      util, PEAK_FP32_TFLOPS[arch] * rep.ffma_share * util, ignores))
+                                      util, predicted, ignores))
     return out
 
 

@@ -37,9 +37,9 @@ def _check_call(x, w, padding, backend="cuda_emu"):
 # lkemu::planted_bug so the three cost one compilation.
 PLANTS = [
     ("  __syncthreads();\n", "  if (::lkemu::planted_bug != 1) __syncthreads();\n"),
-    ("for (int e = threadIdx.x; e < P * taps; e += nthreads)",
-     "for (int e = threadIdx.x; e < P * taps + (::lkemu::planted_bug == 2); e += nthreads)"),
-    ("if (y < p.oh) out[y * p.out_v.sh]", "if (y + (::lkemu::planted_bug == 3) < p.oh) out[y * p.out_v.sh]"),
+    ("for (int e = threadIdx.x; e < P * tile_elems; e += nthreads)",
+     "for (int e = threadIdx.x; e < P * tile_elems + (::lkemu::planted_bug == 2); e += nthreads)"),
+    ("if (x < p.ow) out[", "if (x + (::lkemu::planted_bug == 3) < p.ow) out["),
     ("sx >= 0 && sx < p.w_)", "sx >= 0 && sx < p.w_ + (::lkemu::planted_bug == 4))"),  # 4: global overflow
 ]
 BUGS = {1: "read of never-written shared memory|race", 2: "outside the block's", 3: None}
@@ -150,13 +150,19 @@ def test_launch_bounds_hold_for_every_launch(cuda_emu):
 
 
 def test_every_correlate_tile_configuration_runs(cuda_emu):
-    """Map sizes that make the launcher pick each (tile width, rows per thread) configuration, checked."""
-    seen = set()
-    for oh, ow in ((20, 40), (10, 40), (20, 12), (10, 12), (20, 6), (10, 6)):
-        config = cuda_emu.cuda_tile_config("forward", oh, ow, 5, 5, [2, 2, 2, 2], False)
-        seen.add((config["tile_w"], config["rows_per_thread"]))
-        _check_call(torch.randn(1, 2, oh, ow), torch.randn(2, 1, 5, 5), 2)
-    assert seen == {(32, 8), (32, 4), (16, 8), (16, 4), (8, 8), (8, 4)}
+    """Maps that make the launcher pick each kind of tile (4 or 8 rows per thread, one or several column tiles,
+    one or several planes per block, both layouts), each checked against the float64 reference."""
+    rows, wide, multi_plane = set(), False, False
+    for oh, ow in ((20, 40), (16, 40), (6, 6), (9, 150), (40, 9), (3, 1)):
+        for channels_last in (False, True):
+            config = cuda_emu.cuda_tile_config("forward", oh, ow, 5, 5, [2, 2, 2, 2], channels_last)
+            rows.add(config["rows_per_thread"])
+            wide |= config["tile_w"] < ow
+            multi_plane |= config["planes"] > 1
+            x = torch.randn(2, 5, oh, ow)
+            _check_call(x.contiguous(memory_format=torch.channels_last) if channels_last else x,
+                        torch.randn(5, 1, 5, 5), 2)
+    assert rows == {4, 8} and wide and multi_plane
 
 
 @pytest.mark.parametrize("schedule", ["reverse", "shuffled"])
@@ -194,7 +200,7 @@ def test_large_filters_run_or_are_refused_up_front(device, cuda_emu):
         assert not cuda_emu.cuda_tile_config("backward_weight", 64, 64, 113, 113, [56] * 4, False)["refusal"]
     if device == "tiny":
         config = cuda_emu.cuda_tile_config("forward", 64, 64, 75, 75, [37] * 4, False)
-        assert not config["refusal"] and config["tile_w"] == 8  # the forward narrows its tile to fit
+        assert not config["refusal"] and config["tile_w"] < 64  # the forward narrows its tile to fit
         x, w = torch.randn(1, 1, 64, 64), torch.randn(1, 1, 75, 75)
         with lkconv.use_backend("cuda_emu"):
             y = lkconv.depthwise_conv2d(x, w, padding=37)

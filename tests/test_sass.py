@@ -127,3 +127,25 @@ def test_triton_kernel_compiles_for_sm90_without_a_gpu(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     ffma, ldg = (int(v) for v in run.stdout.split())
     assert ffma >= 1 and ffma == ldg  # each loaded element feeds exactly one FMA, as the source says
+
+
+@pytest.mark.parametrize("size,k,pad", [(14, 27, 13), (7, 13, 6), (9, 5, 2), (20, 7, 0), (56, 31, 15)])
+def test_correlation_work_model_counts_every_useful_tap(size, k, pad, cuda_emu):
+    """The prediction's walk of the CUDA correlation (rows inside the map, chunks touching it, warps as long as
+    their busiest lane) issues at least every useful multiply-add, so its utilization can never exceed 1; and it
+    skips padding: at a large kernel on a small map far less is issued than the zero-padded plane would need."""
+    from lkconv.geometry import ConvCall
+
+    import torch
+
+    cfg = cuda_emu.cuda_tile_config("forward", size, size, k, k, [pad] * 4, False)
+    out = size + 2 * pad - k + 1
+    khc, kwc = cfg["useful_taps"]
+    crop = max(0, pad - out + 1)
+    steady, edge = sass.correlate_work(cfg, size, size, out, out, khc, kwc, pad - crop, pad - crop)
+    call = ConvCall(1, cfg["planes"], size, size, k, k, (pad,) * 4, (1, 1), (1, 1), torch.device("cpu"),
+                    torch.float32, False)
+    useful = cfg["planes"] * call.useful_taps()
+    assert steady + edge >= useful
+    if (size, k) == (14, 27):
+        assert steady + edge < 0.6 * cfg["planes"] * out * out * k * k  # the zero-padded plane: 1.0

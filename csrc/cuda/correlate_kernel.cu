@@ -1,11 +1,26 @@
 // Forward and backward-input of the depthwise convolution on CUDA: both are a correlation of a zero-padded
 // plane with a (possibly flipped) filter, so one kernel serves both passes.
 //
-// Tiling: a block holds `planes` channel planes, each a (tile_rows * RY) x TW output tile. The source tile
-// with its halo and the cropped filters sit in shared memory (as float). Each thread owns one output column
-// and RY consecutive rows, and walks every filter column j top to bottom: one shared-memory load of a source
-// value and one of a filter value feed RY FMAs (the filter values slide through a register window). Threads
-// of a warp read consecutive columns, so the source loads are conflict-free and the filter loads broadcast.
+// Design (from the sm_90 code, see `python -m bench.sass`): the kernel is meant to be issue-bound on FFMA, so
+// the hot loop has to be almost nothing but FFMAs.
+//  - Register micro-tile: each thread owns RY rows x 4 columns of outputs (RY = 8 or 4, a template parameter).
+//    It walks the source rows t of its strip; source row t meets output row r through filter row i = t - r, so
+//    one source row in registers feeds all RY output rows.
+//  - Filter taps in chunks of 4 columns: per chunk a thread loads 4 new source values (one LDS.128; the window
+//    of 7 slides by one vector) and, per output row, 4 filter values (one LDS.128, the same address for every
+//    thread of a plane: a broadcast), and issues 16 x RY FFMAs. The filter sits in shared memory chunk-major
+//    ([chunk][row][4]) so the RY filter rows of a step are at compile-time offsets from one pointer, and the
+//    source row at +16 bytes per chunk: no index arithmetic in the loop (predicted FFMA share ~90% at RY = 8).
+//  - Strip edges (steps where some rows have no filter row) are peeled out of the hot loop: each valid row
+//    runs its own one-row chunk loop, so a row without a filter row does no work (and an Inf in the input
+//    cannot become a NaN through a zero tap), and the last chunk of a width that is not a multiple of 4 runs
+//    only its real taps, for the same reason.
+//  - Padding skipped where it is known: each thread walks only the source rows inside the map and only the
+//    chunks whose 7 source columns touch it; halo rows are not even held in shared memory (`src_rows`). What
+//    remains is the zero halo columns inside a partly real chunk.
+//  - Tiles sized to the map: lanes_x threads of 4 columns and tile_rows threads of RY rows per plane, chosen by
+//    the launcher to cover the map with the least waste, and several planes per block for small maps.
+// Filters and sources are held in shared memory as float (16-bit inputs are widened when loaded).
 //
 // Layouts: the loader walks the tile channel-fastest for channels_last tensors (so a block's `planes`
 // channels are read contiguously) and column-fastest otherwise; nothing is copied to another layout.
@@ -20,18 +35,79 @@ namespace lkconv {
 namespace cuda {
 namespace {
 
+constexpr int kCols = 4;  // output columns per thread = filter taps per chunk = floats per LDS.128
+
 template <typename T>
 __device__ __forceinline__ float to_float(T v) {
   return static_cast<float>(v);
 }
 
-template <typename T, int TW, int RY>
+#ifdef LKCONV_CUDA_EMULATION
+struct alignas(16) Float4 {
+  float x, y, z, w;
+};
+inline Float4 load4(::lkemu::SharedPtr<const float> p) {
+  return ::lkemu::SharedPtr<const Float4>(reinterpret_cast<Float4*>(p.raw()))[0];
+}
+#else
+using Float4 = float4;
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+#endif
+
+__host__ __device__ __forceinline__ int ceil_div(int a, int b) {  // b > 0, any sign of a
+  return a >= 0 ? (a + b - 1) / b : -((-a) / b);
+}
+
+// acc[u] += sum_{jj < taps} w[jj] * win[u + jj] for the 4 columns u of one output row; win = (a, b).
+template <int TAPS>
+__device__ __forceinline__ void row_chunk(float* acc, const Float4& w4, const Float4& a, const Float4& b) {
+  const float win[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+  const float w[4] = {w4.x, w4.y, w4.z, w4.w};
+#pragma unroll
+  for (int jj = 0; jj < TAPS; ++jj)
+#pragma unroll
+    for (int u = 0; u < kCols; ++u) acc[u] = fmaf(w[jj], win[u + jj], acc[u]);
+}
+
+// One source row against NR output rows (filter rows f, f - 4, ..., f - 4 (NR - 1) of each chunk): the full
+// chunks [0, nfull), then the last chunk's `rem` taps when rem > 0.
+template <int NR>
+__device__ __forceinline__ void source_row(float (*acc)[kCols], LKCONV_SMEM_PTR(const float) src,
+                                           LKCONV_SMEM_PTR(const float) f, int nfull, int rem, int chunk_stride) {
+  Float4 a = load4(src);
+#pragma unroll 2  // two chunks per iteration: the window slides by renaming registers, not moving them
+  for (int ch = 0; ch < nfull; ++ch) {
+    src += kCols;
+    const Float4 b = load4(src);
+#pragma unroll
+    for (int r = 0; r < NR; ++r) row_chunk<4>(acc[r], load4(f - kCols * r), a, b);
+    a = b;
+    f += chunk_stride;
+  }
+  if (rem > 0) {
+    const Float4 b = load4(src + kCols);
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      const Float4 w4 = load4(f - kCols * r);
+      if (rem == 1) row_chunk<1>(acc[r], w4, a, b);
+      else if (rem == 2) row_chunk<2>(acc[r], w4, a, b);
+      else row_chunk<3>(acc[r], w4, a, b);
+    }
+  }
+}
+
+template <typename T, int RY>
 __global__ void __launch_bounds__(256) correlate_kernel(const CorrelateParams p) {
   LKCONV_DYNAMIC_SMEM(float, smem);
-  const int P = p.planes, TR = p.tile_rows, TH = TR * RY;
-  const int SR = TH + p.khc - 1, SC = TW + p.kwc - 1;  // source tile incl. halo
-  LKCONV_SMEM_PTR(float) s_src = smem;                                  // [P][SR][SC]
-  LKCONV_SMEM_PTR(float) s_w = smem + static_cast<int64_t>(P) * SR * SC;  // [P][khc][kwc]
+  const int P = p.planes, LY = p.tile_rows, LX = p.lanes_x;
+  const int TW = LX * kCols, TH = LY * RY;
+  const int khc = p.khc, kwc = p.kwc;
+  const int chunks = (kwc + kCols - 1) / kCols, kwp = chunks * kCols;
+  const int SC = TW + kwp;             // source columns per row: the tile, its halo, one vector of slack
+  const int SR = p.src_rows;           // source rows held per plane
+  const int taps = khc * kwp, chunk_stride = khc * kCols;
+  LKCONV_SMEM_PTR(float) s_w = smem;                                    // [P][chunk][khc][4]
+  LKCONV_SMEM_PTR(float) s_src = smem + static_cast<int64_t>(P) * taps;  // [P][SR][SC]
 
   const int groups_per_n = (p.c + P - 1) / P;
   const int n = blockIdx.x / groups_per_n;
@@ -42,134 +118,163 @@ __global__ void __launch_bounds__(256) correlate_kernel(const CorrelateParams p)
   const int nthreads = blockDim.x;
   const bool channels_fastest = p.src_v.sc == 1;
 
-  // Filters of the block's channels, cropped (and flipped for backward-input).
-  const int taps = p.khc * p.kwc;
+  // Filters of the block's channels, cropped (and flipped for backward-input), chunk-major; the taps past kwc
+  // in the last chunk are zero (loaded with it, never multiplied).
   for (int e = threadIdx.x; e < P * taps; e += nthreads) {
-    const int pl = e / taps, t = e % taps;
+    const int pl = e / taps, rest = e % taps;
+    const int ch = rest / chunk_stride, i = (rest / kCols) % khc, j = ch * kCols + rest % kCols;
     const int c = c0 + pl;
     float v = 0.f;
-    if (c < p.c) {
-      int i = p.ki0 + t / p.kwc, j = p.kj0 + t % p.kwc;
-      if (p.flip) i = p.kh - 1 - i, j = p.kw - 1 - j;
-      v = to_float(w[c * p.w_sc + i * p.w_sh + j * p.w_sw]);
+    if (c < p.c && j < kwc) {
+      int fi = p.ki0 + i, fj = p.kj0 + j;
+      if (p.flip) fi = p.kh - 1 - fi, fj = p.kw - 1 - fj;
+      v = to_float(w[c * p.w_sc + fi * p.w_sh + fj * p.w_sw]);
     }
     s_w[e] = v;
   }
-  // Source tile with halo; zero outside the image (that is the padding) and for channels past C.
-  const int tile_elems = SR * SC;
+  // Source rows of the tile that lie inside the map, with the column halo (zero outside the map, which is the
+  // padding, and for channels past C). Tile row sr is source row y0 + sr - off_t; row0 is the first held.
+  const int row0 = max(0, p.off_t - y0);
+  const int rows = min(TH + khc - 1, p.off_t - y0 + p.h) - row0;  // <= SR (the launcher sizes SR so)
+  // Element e of the walk is (plane, row, column) in mixed radix, channel-fastest or column-fastest; each
+  // thread advances its digits by blockDim.x with carries instead of dividing per element.
+  const int tile_elems = rows * SC;
+  const int radix0 = channels_fastest ? P : SC, radix1 = channels_fastest ? SC : rows;
+  const int step0 = nthreads % radix0, step1 = (nthreads / radix0) % radix1, step2 = nthreads / (radix0 * radix1);
+  int d0 = threadIdx.x % radix0, d1 = (threadIdx.x / radix0) % radix1, d2 = threadIdx.x / (radix0 * radix1);
   for (int e = threadIdx.x; e < P * tile_elems; e += nthreads) {
-    int pl, r, col;
-    if (channels_fastest) {
-      pl = e % P;
-      const int rc = e / P;
-      r = rc / SC, col = rc % SC;
-    } else {
-      pl = e / tile_elems;
-      const int rc = e % tile_elems;
-      r = rc / SC, col = rc % SC;
-    }
+    const int pl = channels_fastest ? d0 : d2, col = channels_fastest ? d1 : d0, r = channels_fastest ? d2 : d1;
     const int c = c0 + pl;
-    const int sy = y0 + r - p.off_t, sx = x0 + col - p.off_l;
+    const int sy = y0 + row0 + r - p.off_t, sx = x0 + col - p.off_l;
     float v = 0.f;
-    if (c < p.c && sy >= 0 && sy < p.h && sx >= 0 && sx < p.w_)
+    if (c < p.c && sx >= 0 && sx < p.w_)
       v = to_float(src[n * p.src_v.sn + c * p.src_v.sc + sy * p.src_v.sh + sx * p.src_v.sw]);
-    s_src[static_cast<int64_t>(pl) * tile_elems + r * SC + col] = v;
+    s_src[static_cast<int64_t>(pl) * SR * SC + r * SC + col] = v;
+    d0 += step0, d1 += step1, d2 += step2;
+    if (d0 >= radix0) d0 -= radix0, ++d1;
+    if (d1 >= radix1) d1 -= radix1, ++d2;
   }
   __syncthreads();
 
-  const int lx = threadIdx.x % TW;
-  const int rest = threadIdx.x / TW;
-  const int tr = rest % TR, pl = rest / TR;
-  if (pl >= P) return;
-  const int row0 = tr * RY;
-  LKCONV_SMEM_PTR(const float) s_plane = s_src + static_cast<int64_t>(pl) * tile_elems + row0 * SC + lx;
-  LKCONV_SMEM_PTR(const float) s_filter = s_w + pl * taps;
+  const int lx = threadIdx.x % LX;
+  const int rest = threadIdx.x / LX;
+  const int ly = rest % LY, pl = rest / LY;
+  const int first_row = ly * RY, first_col = lx * kCols;  // of the thread's outputs, in the tile
 
-  float acc[RY];
-#pragma unroll
-  for (int r = 0; r < RY; ++r) acc[r] = 0.f;
+  // Source steps t (tile row first_row + t) inside the map, and chunks whose 7 source columns touch it.
+  const int top = p.off_t - y0 - first_row;
+  const int t_lo = max(0, top), t_hi = min(RY + khc - 1, top + p.h);
+  const int left = x0 + first_col - p.off_l;  // map column of window position 0 in chunk 0
+  const int ch_lo = max(0, ceil_div(-left - (2 * kCols - 2), kCols));
+  const int ch_hi = min(chunks, ceil_div(p.w_ - left, kCols));
+  const int last_taps = kwc - (chunks - 1) * kCols;  // 1..4
+  const int nfull = ch_lo >= ch_hi ? 0 : (ch_hi == chunks && last_taps < kCols ? ch_hi - 1 : ch_hi) - ch_lo;
+  const int rem = ch_lo < ch_hi && ch_hi == chunks && last_taps < kCols ? last_taps : 0;
 
-  const int khc = p.khc;
-  for (int j = 0; j < p.kwc; ++j) {
-    LKCONV_SMEM_PTR(const float) scol = s_plane + j;
-    LKCONV_SMEM_PTR(const float) wcol = s_filter + j;
-    // win[r] = f[t - r][j]: the filter value that source row t contributes to output row r.
-    float win[RY];
+  float acc[RY][kCols];
 #pragma unroll
-    for (int r = 0; r < RY; ++r) win[r] = 0.f;
-    for (int t = 0; t < RY + khc - 1; ++t) {
+  for (int r = 0; r < RY; ++r)
 #pragma unroll
-      for (int r = RY - 1; r > 0; --r) win[r] = win[r - 1];
-      win[0] = t < khc ? wcol[t * p.kwc] : 0.f;
-      const float v = scol[t * SC];
-      if (t >= RY - 1 && t < khc) {  // every row of the strip has a filter row here
+    for (int u = 0; u < kCols; ++u) acc[r][u] = 0.f;
+
+  // Row t of the source is at s_row + t * SC; filter row i of chunk ch at s_f + ch * chunk_stride + 4 i.
+  LKCONV_SMEM_PTR(const float) s_row = s_src + static_cast<int64_t>(pl) * SR * SC +
+                                       (first_row - row0) * SC + first_col + ch_lo * kCols;
+  LKCONV_SMEM_PTR(const float) s_f = s_w + pl * taps + ch_lo * chunk_stride;
+  // Steady steps: every output row has a filter row (i = t - r in [0, khc) for all r).
+  const int steady_lo = max(t_lo, RY - 1), steady_hi = min(t_hi, khc);
+  for (int t = steady_lo; t < steady_hi; ++t)
+    source_row<RY>(acc, s_row + t * SC, s_f + t * kCols, nfull, rem, chunk_stride);
+  // Strip edges: only the rows with a filter row, each on its own.
+  for (int t = t_lo; t < t_hi; ++t) {
+    if (t >= steady_lo && t < steady_hi) continue;
 #pragma unroll
-        for (int r = 0; r < RY; ++r) acc[r] = fmaf(win[r], v, acc[r]);
-      } else {
-        // Strip edges: rows without a filter row for this t are skipped, not multiplied by zero, so an Inf
-        // in the input cannot become a NaN in an output that does not see it.
-#pragma unroll
-        for (int r = 0; r < RY; ++r)
-          if (t - r >= 0 && t - r < khc) acc[r] = fmaf(win[r], v, acc[r]);
-      }
-    }
+    for (int r = 0; r < RY; ++r)
+      if (t - r >= 0 && t - r < khc)
+        source_row<1>(acc + r, s_row + t * SC, s_f + (t - r) * kCols, nfull, rem, chunk_stride);
   }
 
   const int c = c0 + pl;
-  const int x = x0 + lx;
-  if (c >= p.c || x >= p.ow) return;
-  const float b = p.bias ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
-  T* out = static_cast<T*>(p.out) + n * p.out_v.sn + c * p.out_v.sc + x * p.out_v.sw;
+  if (c >= p.c) return;
+  const float bias = p.bias ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
+  T* out = static_cast<T*>(p.out) + n * p.out_v.sn + c * p.out_v.sc;
 #pragma unroll
   for (int r = 0; r < RY; ++r) {
-    const int y = y0 + row0 + r;
-    if (y < p.oh) out[y * p.out_v.sh] = static_cast<T>(acc[r] + b);
+    const int y = y0 + first_row + r;
+    if (y >= p.oh) break;
+#pragma unroll
+    for (int u = 0; u < kCols; ++u) {
+      const int x = x0 + first_col + u;
+      if (x < p.ow) out[y * p.out_v.sh + x * p.out_v.sw] = static_cast<T>(acc[r][u] + bias);
+    }
   }
 }
 
 struct Config {
-  int tw, ry, planes, tile_rows;
+  int ry, lanes_x, tile_rows, planes, src_rows;
   size_t smem;
+  int threads() const { return lanes_x * tile_rows * planes; }
 };
 
-int next_pow2(int v) {
-  int p = 1;
-  while (p < v) p <<= 1;
-  return p;
+size_t smem_bytes(const Config& c, int khc, int kwc) {
+  const size_t kwp = (kwc + kCols - 1) / kCols * kCols;
+  const size_t sc = c.lanes_x * kCols + kwp;
+  return sizeof(float) * static_cast<size_t>(c.planes) * (static_cast<size_t>(khc) * kwp + c.src_rows * sc);
 }
 
-size_t smem_bytes(int tw, int ry, int planes, int tile_rows, int khc, int kwc) {
-  const size_t sr = tile_rows * ry + khc - 1, sc = tw + kwc - 1;
-  return sizeof(float) * static_cast<size_t>(planes) * (sr * sc + static_cast<size_t>(khc) * kwc);
-}
+// Source rows a block holds: the tile's rows with their halo, but never more than the map has.
+int held_rows(const Config& c, int src_h, int khc) { return std::min(c.tile_rows * c.ry + khc - 1, src_h); }
 
-// Tile shape by map size: 32-wide tiles for wide maps, narrower tiles with several planes per block for the
-// deep stages (7x7, 14x14) so few threads idle; channels_last blocks take >= 8 channels to read coalesced.
-// When the tile does not fit the GPU's shared memory: fewer planes, then fewer rows, then narrower and shorter
-// strips; false (and why) when even the smallest tile does not fit.
-bool choose_config(int oh, int ow, int khc, int kwc, bool channels_last, size_t smem_limit, Config* out,
-                   std::string* why) {
+// Tiles sized to the map. Columns: one tile across when the map is at most 128 wide (lanes_x = ow / 4 rounded
+// up), else the width in 64..128 that wastes the fewest columns. Rows: RY = 8 unless 4 wastes fewer rows, as
+// many thread rows as fit 256 threads (64 for channels_last, so that a block holds >= 4 channels and its loads
+// are >= 16-byte runs), balanced over the row tiles. Planes: the count that leaves the fewest idle lanes, up to
+// 224 threads (256 for channels_last) within 48 KiB of shared memory per block (so several blocks share an SM;
+// 96 KiB for channels_last). When even one plane does not fit the GPU's shared memory: fewer thread rows, then narrower tiles; false (and why) when the
+// smallest tile does not fit.
+bool choose_config(int src_h, int oh, int ow, int khc, int kwc, bool channels_last, size_t smem_limit,
+                   Config* out, std::string* why) {
   Config cfg;
-  cfg.tw = ow > 16 ? 32 : (ow > 8 ? 16 : 8);
-  cfg.ry = oh >= 16 ? 8 : 4;
-  const int max_rows = 256 / cfg.tw;
-  cfg.tile_rows = std::min(max_rows, next_pow2((oh + cfg.ry - 1) / cfg.ry));
-  if (channels_last) cfg.tile_rows = std::min(cfg.tile_rows, std::max(1, max_rows / 8));
-  cfg.planes = max_rows / cfg.tile_rows;
+  const int lanes_needed = ceil_div(ow, kCols);
+  if (lanes_needed <= 32) {
+    cfg.lanes_x = lanes_needed;
+  } else {
+    cfg.lanes_x = 32;
+    for (int lx = 32; lx >= 16; --lx)
+      if (ceil_div(ow, lx * kCols) * lx < ceil_div(ow, cfg.lanes_x * kCols) * cfg.lanes_x) cfg.lanes_x = lx;
+  }
+  cfg.ry = ceil_div(oh, 4) * 4 < ceil_div(oh, 8) * 8 ? 4 : 8;
+  const int thread_rows = ceil_div(oh, cfg.ry);
+  const int max_rows = std::max(1, (channels_last ? 64 : 256) / cfg.lanes_x);
+  const int row_tiles = ceil_div(thread_rows, std::min(thread_rows, max_rows));
+  cfg.tile_rows = ceil_div(thread_rows, row_tiles);
+  const size_t target = (channels_last ? 96 : 48) * 1024;
+  const int max_threads = channels_last ? 256 : 224;
   while (true) {
-    cfg.smem = smem_bytes(cfg.tw, cfg.ry, cfg.planes, cfg.tile_rows, khc, kwc);
+    cfg.src_rows = held_rows(cfg, src_h, khc);
+    cfg.planes = 1;
+    cfg.smem = smem_bytes(cfg, khc, kwc);
     if (cfg.smem <= smem_limit) {
+      const int per_plane = cfg.lanes_x * cfg.tile_rows;
+      const size_t plane_bytes = cfg.smem;
+      // The plane count that leaves the fewest idle lanes in the block's last warp (ties: more planes).
+      double best = 0;
+      for (int planes = 1; planes * per_plane <= std::max(max_threads, per_plane); ++planes) {
+        if (planes > 1 && (planes * per_plane > 256 || plane_bytes * planes > target)) break;
+        const int threads = planes * per_plane;
+        const double used = static_cast<double>(threads) / (ceil_div(threads, 32) * 32);
+        if (used >= best) best = used, cfg.planes = planes;
+      }
+      cfg.smem = smem_bytes(cfg, khc, kwc);
       *out = cfg;
       return true;
     }
-    if (cfg.planes > 1) {
-      cfg.planes /= 2;
-    } else if (cfg.tile_rows > 1) {
-      cfg.tile_rows /= 2;
-    } else if (cfg.tw > 8) {
-      cfg.tw /= 2;
+    if (cfg.tile_rows > 1) {
+      cfg.tile_rows = ceil_div(cfg.tile_rows, 2);
+    } else if (cfg.lanes_x > 2) {
+      cfg.lanes_x = ceil_div(cfg.lanes_x, 2);
     } else if (cfg.ry > 4) {
-      cfg.ry /= 2;
+      cfg.ry = 4;
     } else {
       *why = "a " + std::to_string(khc) + "x" + std::to_string(kwc) + " filter needs " + std::to_string(cfg.smem) +
              " bytes of shared memory even with the smallest tile, more than this GPU offers (" +
@@ -179,35 +284,30 @@ bool choose_config(int oh, int ow, int khc, int kwc, bool channels_last, size_t 
   }
 }
 
-template <typename T, int TW, int RY>
+template <typename T, int RY>
 void launch_typed(const CorrelateParams& p, const Config& cfg, cudaStream_t stream) {
   if (cfg.smem > 48 * 1024)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(correlate_kernel<T, TW, RY>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    C10_CUDA_CHECK(cudaFuncSetAttribute(correlate_kernel<T, RY>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(cfg.smem)));
-  const int th = cfg.tile_rows * RY;
+  const int th = cfg.tile_rows * RY, tw = cfg.lanes_x * kCols;
   const int64_t plane_groups = static_cast<int64_t>(p.n) * ((p.c + cfg.planes - 1) / cfg.planes);
   TORCH_CHECK(plane_groups < (1LL << 31), "lkconv cuda: too many planes (", plane_groups, " blocks)");
-  const int64_t row_tiles = (p.oh + th - 1) / th, col_tiles = (p.ow + TW - 1) / TW;
+  const int64_t row_tiles = (p.oh + th - 1) / th, col_tiles = (p.ow + tw - 1) / tw;
   TORCH_CHECK(row_tiles < 65536 && col_tiles < 65536, "lkconv cuda: feature map too large (", p.oh, "x", p.ow,
               ")");
   dim3 grid(static_cast<unsigned>(plane_groups), static_cast<unsigned>(row_tiles),
             static_cast<unsigned>(col_tiles));
-  dim3 block(TW * cfg.tile_rows * cfg.planes);
-  LKCONV_LAUNCH(grid, block, cfg.smem, stream, correlate_kernel<T, TW, RY>)(p);
+  dim3 block(cfg.threads());
+  LKCONV_LAUNCH(grid, block, cfg.smem, stream, correlate_kernel<T, RY>)(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T>
 void launch(const CorrelateParams& p, const Config& cfg, cudaStream_t stream) {
-  const int key = cfg.tw * 10 + cfg.ry;
-  switch (key) {
-    case 328: launch_typed<T, 32, 8>(p, cfg, stream); break;
-    case 324: launch_typed<T, 32, 4>(p, cfg, stream); break;
-    case 168: launch_typed<T, 16, 8>(p, cfg, stream); break;
-    case 164: launch_typed<T, 16, 4>(p, cfg, stream); break;
-    case 88: launch_typed<T, 8, 8>(p, cfg, stream); break;
-    case 84: launch_typed<T, 8, 4>(p, cfg, stream); break;
-    default: TORCH_CHECK(false, "lkconv cuda: no tile configuration ", cfg.tw, "x", cfg.ry);
+  switch (cfg.ry) {
+    case 8: launch_typed<T, 8>(p, cfg, stream); break;
+    case 4: launch_typed<T, 4>(p, cfg, stream); break;
+    default: TORCH_CHECK(false, "lkconv cuda: no tile configuration with ", cfg.ry, " rows per thread");
   }
 }
 
@@ -230,11 +330,11 @@ TileConfig correlate_tile_config(int src_h, int src_w, int out_h, int out_w, int
   if (i_hi < i_lo || j_hi < j_lo) return out;  // no kernel runs: the result is the bias
   Config cfg;
   out.khc = i_hi - i_lo + 1, out.kwc = j_hi - j_lo + 1;
-  if (choose_config(out_h, out_w, out.khc, out.kwc, channels_last, current_device_limits().smem_per_block_optin,
-                    &cfg, &out.refusal)) {
+  if (choose_config(src_h, out_h, out_w, out.khc, out.kwc, channels_last,
+                    current_device_limits().smem_per_block_optin, &cfg, &out.refusal)) {
     out.kernel = "correlate_kernel";
-    out.a = cfg.tw, out.b = cfg.ry, out.c = cfg.planes, out.d = cfg.tile_rows, out.smem = cfg.smem;
-    out.threads = cfg.tw * cfg.tile_rows * cfg.planes;
+    out.a = cfg.lanes_x * kCols, out.b = cfg.ry, out.c = cfg.planes, out.d = cfg.tile_rows, out.smem = cfg.smem;
+    out.threads = cfg.threads();
   }
   return out;
 }
@@ -269,9 +369,9 @@ void correlate(const at::Tensor& src, const at::Tensor& weight, const at::Tensor
   const bool channels_last = src.stride(1) == 1 && src.size(1) > 1;
   Config cfg;
   std::string why;
-  TORCH_CHECK(choose_config(oh, ow, p.khc, p.kwc, channels_last, limits.smem_per_block_optin, &cfg, &why),
+  TORCH_CHECK(choose_config(h, oh, ow, p.khc, p.kwc, channels_last, limits.smem_per_block_optin, &cfg, &why),
               "lkconv cuda: ", why);
-  p.planes = cfg.planes, p.tile_rows = cfg.tile_rows;
+  p.planes = cfg.planes, p.tile_rows = cfg.tile_rows, p.lanes_x = cfg.lanes_x, p.src_rows = cfg.src_rows;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (src.scalar_type()) {
     case at::kFloat: launch<float>(p, cfg, stream); break;

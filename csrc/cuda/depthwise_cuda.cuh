@@ -50,6 +50,8 @@ struct CorrelateParams {
   int flip;
   int planes;         // planes (channels) per block
   int tile_rows;      // thread rows per plane: tile height = tile_rows * RY
+  int lanes_x;        // threads across the tile: tile width = lanes_x * 4
+  int src_rows;       // source rows held in shared memory per plane (the halo rows outside the map are not)
 };
 
 // grad_w[c, ki0 + i, kj0 + j] = sum_{n, y, x} grad_out[n, c, y, x] * x[n, c, y + ki0 + i - pad_t, x + kj0 + j - pad_l]
@@ -75,7 +77,8 @@ DeviceLimits current_device_limits();
 
 // The tile configuration a launcher picks for a call on the current GPU (without launching), or why none fits
 // its shared memory (`refusal`); the launchers use the same code, so a call that is not refused up front runs.
-// For the correlation: tile width, rows per thread, planes per block, thread rows per plane; for the weight
+// For the correlation: tile width, rows per thread, planes per block, thread rows per plane (each thread holds
+// rows per thread x 4 columns); for the weight
 // gradient: rows and images per tile, tile width, and the cropped filter rounded to the tap blocks.
 struct TileConfig {
   std::string kernel;  // "" when no kernel runs (every tap reads padding only)
