@@ -131,9 +131,10 @@ def static_section(path: str) -> str:
     out = [f"PREDICTED, not measured: `python -m bench.sass` read the sm_90 code of lkconv `{env['lkconv_commit'][:12]}` "
            f"on {env['date'][:10]} ([results]({os.path.relpath(path, ROOT)})). Useful TFLOP/s = FP32 peak "
            f"({data['peak_fp32_tflops']['sm_90']} TFLOP/s, H100 SXM) x FMA share of the hot loop's instructions x "
-           "useful multiply-adds / multiply-adds performed; an upper bound of the issue-bound speed (code outside "
-           "the hot loop, memory stalls and occupancy left out). Occupancy at the launch configuration the launcher "
-           "picks.", "",
+           "useful multiply-adds / multiply-adds performed (for the CUDA correlation: its own walk of rows, chunks "
+           "and warps, with the strip-edge steps at their loop's FMA share); an upper bound of the issue-bound speed "
+           "(the tile loaders, memory stalls and occupancy left out). Occupancy at the launch configuration the "
+           "launcher picks.", "",
            "| shape | pass | impl | config | regs | spill B | occupancy | FMA share | useful work | "
            "predicted useful TFLOP/s fp32 / bf16 |", "|---|---|---|---|---|---|---|---|---|---|"]
     rows = defaultdict(dict)
