@@ -317,6 +317,32 @@ def correlate_work(cfg: Dict, src_h: int, src_w: int, out_h: int, out_w: int, kh
     return steady, edge
 
 
+def wgrad_work(cfg: Dict, n: int, h: int, w: int, out_h: int, out_w: int, khc: int, kwc: int, top: int,
+               left: int) -> int:
+    """Multiply-add slots one channel of the CUDA weight gradient issues, following the kernel's own walk
+    (csrc/cuda/wgrad_kernel.cu): per tile and 4 x 8 tap block, the rows (of all the tile's images) that meet the
+    block through real input rows, dealt to 32 lanes, each walking the column steps whose input columns touch
+    the map. `top`/`left`: pad_t - ki0 and pad_l - kj0 (the cropped filter's offsets)."""
+    th, images, tw = cfg["tile_h"], cfg["images"], cfg["tile_w"]
+    khp, kwp = cfg["taps_padded"]
+    slots = 0
+    for n0 in range(0, n, images):
+        imgs = min(images, n - n0)
+        for y0 in range(0, out_h, th):
+            rows = min(th, out_h - y0)
+            for x0 in range(0, out_w, tw):
+                cols = min(tw, out_w - x0)
+                for i0 in range(0, khp, 4):
+                    r_lo, r_hi = max(0, top - y0 - i0 - 3), min(rows, top - y0 + h - i0)
+                    nrows = max(0, r_hi - r_lo)
+                    for j0 in range(0, kwp, 8):
+                        x_lo = max(0, left - x0 - j0 - 10) // 4 * 4
+                        x_end = min(cols, _ceil_div(max(0, left - x0 + w - j0), 4) * 4)
+                        if x_lo < x_end:
+                            slots += _ceil_div(imgs * nrows, 32) * 32 * _ceil_div(x_end - x_lo, 4) * 4 * 32
+    return slots
+
+
 def _instantiation(name: str) -> Optional[Tuple[str, str, Tuple[int, ...]]]:
     """('correlate'|'wgrad'|'finalize', dtype, template ints) of a demangled kernel name."""
     m = re.search(r"(correlate_kernel|wgrad_kernel|wgrad_finalize_kernel)<([^,>]+)((?:, \d+)*)>", name)
@@ -396,12 +422,13 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
             else:
                 th, img, tw = cfg["tile_h"], cfg["images"], cfg["tile_w"]
                 khp, kwp = cfg["taps_padded"]
-                units = math.ceil(n / img) * math.ceil(size / th) * math.ceil(size / tw)
-                performed = c * units * 32 * tw * khp * kwp
-                config = f"tile {th}x{tw} images={img} taps {khp}x{kwp}"
+                i_lo, j_lo = max(0, pad[0] - size + 1), max(0, pad[1] - size + 1)
+                performed = c * wgrad_work(cfg, n, size, size, size, size, khc, kwc, pad[0] - i_lo, pad[1] - j_lo)
+                config = f"tile {img}x{th}x{tw}, taps {khp}x{kwp}"
                 key_ints = ()
                 kind = "wgrad"
-                ignores = "the tile loader, the per-tile warp butterfly reduction, the finalize kernel"
+                ignores = ("the tile loader, the per-tile reduce-scatter (31 shuffles per warp and tap block), the "
+                           "finalize kernel, memory stalls")
             for dtype in ("float32", "bfloat16"):
                 rep = by_inst.get((kind, dtype, key_ints))
                 if rep is None:

@@ -237,6 +237,24 @@ def test_inf_weight_on_padding_only_taps(cuda_emu):
     assert torch.equal(torch.isfinite(y), torch.isfinite(expected))
 
 
+@pytest.mark.parametrize("size,k,pixel", [((13, 11), 7, (6, 10)), ((9, 6), 13, (0, 5)), ((20, 23), 5, (19, 22))])
+def test_inf_input_stays_local_in_every_pass(size, k, pixel, cuda_emu):
+    """An Inf input pixel (at the map's last columns, where the kernels' partial column steps and chunks are)
+    makes exactly the outputs and filter taps non-finite that meet it through real pixels, as the float64
+    reference does: no tile's padding, halo or partial step multiplies it by a zero."""
+    x = torch.randn(2, 3, *size)
+    x[1, 2, pixel[0], pixel[1]] = float("inf")
+    w = torch.rand(3, 1, k, k) + 0.1
+    g = torch.rand(2, 3, *size) + 0.1
+    pad = k // 2
+    with lkconv.use_backend("cuda_emu"):
+        ours = conv_with_grads(x, w, None, g, padding=pad, fn=lambda *a: lkconv.depthwise_conv2d(*a))
+    ref = conv_with_grads(x.double(), w.double(), None, g.double(), padding=pad)
+    for name, o, r in zip(("output", "grad_input", "grad_weight"), ours, ref):
+        assert torch.equal(torch.isfinite(o), torch.isfinite(r)), name
+    assert not torch.isfinite(ours[0]).all() and not torch.isfinite(ours[2]).all()
+
+
 def test_bindings_handle_empty_tensors(cuda_emu):
     m = cuda_emu
     gw = m.cuda_backward_weight(torch.randn(2, 0, 5, 5), torch.randn(2, 0, 5, 5), 3, 3, [1, 1, 1, 1], False)

@@ -149,3 +149,22 @@ def test_correlation_work_model_counts_every_useful_tap(size, k, pad, cuda_emu):
     assert steady + edge >= useful
     if (size, k) == (14, 27):
         assert steady + edge < 0.6 * cfg["planes"] * out * out * k * k  # the zero-padded plane: 1.0
+
+
+@pytest.mark.parametrize("size,k,pad", [(14, 27, 13), (7, 13, 6), (9, 5, 2), (30, 31, 15)])
+def test_weight_gradient_work_model_counts_every_useful_tap(size, k, pad, cuda_emu):
+    """The prediction's walk of the CUDA weight gradient issues at least every useful multiply-add (so its
+    utilization cannot exceed 1) and skips the padding-only rows and column steps."""
+    from lkconv.geometry import ConvCall
+
+    import torch
+
+    n = 3
+    cfg = cuda_emu.cuda_tile_config("backward_weight", size, size, k, k, [pad] * 4, False)
+    khc, kwc = cfg["useful_taps"]
+    crop = max(0, pad - size + 1)
+    slots = sass.wgrad_work(cfg, n, size, size, size, size, khc, kwc, pad - crop, pad - crop)
+    call = ConvCall(n, 1, size, size, k, k, (pad,) * 4, (1, 1), (1, 1), torch.device("cpu"), torch.float32, False)
+    assert slots >= n * call.useful_taps()
+    if (size, k) == (14, 27):
+        assert slots < 0.75 * n * size * size * k * k  # every position x every tap: 1.0

@@ -157,7 +157,10 @@ TileConfig tile_config(const std::string& pass, int64_t h, int64_t w, int64_t kh
   if (pass == "forward") return correlate_tile_config(h, w, oh, ow, kh, kw, padding[0], padding[2], channels_last);
   if (pass == "backward_input")
     return correlate_tile_config(oh, ow, h, w, kh, kw, kh - 1 - padding[0], kw - 1 - padding[2], channels_last);
-  if (pass == "backward_weight") return weight_grad_tile_config(h, w, oh, ow, kh, kw, padding[0], padding[2]);
+  // The batch is not known here: the tile assumes it has images enough (a smaller batch only shrinks the tile,
+  // so a call that is not refused here runs).
+  if (pass == "backward_weight")
+    return weight_grad_tile_config(1 << 20, h, w, oh, ow, kh, kw, padding[0], padding[2]);
   TORCH_CHECK(false, "lkconv cuda: unknown pass ", pass);
 }
 

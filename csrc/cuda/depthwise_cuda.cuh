@@ -89,7 +89,7 @@ struct TileConfig {
 };
 TileConfig correlate_tile_config(int src_h, int src_w, int out_h, int out_w, int kh, int kw, int off_t, int off_l,
                                  bool channels_last);
-TileConfig weight_grad_tile_config(int h, int w, int oh, int ow, int kh, int kw, int pad_t, int pad_l);
+TileConfig weight_grad_tile_config(int n, int h, int w, int oh, int ow, int kh, int kw, int pad_t, int pad_l);
 
 }  // namespace cuda
 }  // namespace lkconv

@@ -1,14 +1,25 @@
 // Backward-weight of the depthwise convolution on CUDA:
 //   grad_w[c, i, j] = sum_{n, y, x} grad_out[n, c, y, x] * input[n, c, y + i - pad_t, x + j - pad_l].
 //
-// Grid: (splits, C). A block owns one channel and a fixed, strided subset of the (images, rows, columns)
-// tiles of that channel. In a tile, each warp lane owns one output row (of one image: with short maps a warp
-// spans several images) and a 4x4 block of taps; it slides along the row keeping 4 input windows in
-// registers, so one gradient load and four input loads feed 16 FMAs, and lanes read different rows (odd
-// shared-memory row strides: conflict-free). Warps take different tap blocks. Per tile, each warp sums its
-// lanes with a fixed butterfly and adds the result to the block's accumulator in shared memory; the blocks'
-// partial sums go to a workspace that a second kernel adds up in split order. No atomics anywhere: the
-// result is bitwise reproducible, so the deterministic mode costs nothing.
+// Grid: (splits, C). A block owns one channel and a fixed, strided subset of the tiles (images x rows x
+// columns) of that channel; a tile's input (with its halo) and output gradient sit in shared memory.
+//
+// Design (from the sm_90 code, see `python -m bench.sass`):
+//  - A warp owns a 4 x 8 block of taps (IY x JX = 32: one per lane after the reduction); the block's 8 warps
+//    deal the tap blocks out round-robin. Lanes take the tile's rows (of all its images) that can meet the tap
+//    block through real input rows; rows that only meet padding are skipped, as are the column steps whose
+//    input columns are all padding (both ranges are uniform across the warp, since its lanes share the taps).
+//  - A lane walks its row 4 columns at a time: one LDS.128 of the output gradient and, per tap row, one
+//    LDS.128 that slides a 12-wide input window in registers feed 4 x 8 x 4 = 128 FFMAs (~5 loads per 128).
+//    Row strides are odd multiples of 16 bytes, so the lanes' different rows hit different banks.
+//  - After each (tile, tap block) the warp sums its lanes' 32 x 32 partial sums with a reduce-scatter
+//    (31 shuffles instead of 32 x 5) and lane l adds tap l to the block's accumulator in shared memory; the
+//    blocks' partial sums go to a workspace that a second kernel adds up in split order. Every sum has a fixed
+//    order and there are no atomics: the result is bitwise reproducible, so the deterministic mode costs
+//    nothing.
+//  - Only real output-gradient entries are multiplied: the last, partial column step runs only its real
+//    columns, and rows past the map or images past the batch are never visited (a zero gradient times an Inf
+//    input would be a NaN tap).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -19,17 +30,26 @@ namespace lkconv {
 namespace cuda {
 namespace {
 
-constexpr int IY = 4, JX = 4;  // taps per thread
+constexpr int IY = 4, JX = 8;  // taps per warp (and per lane before the reduction)
+constexpr int kVec = 4;        // columns per step = floats per LDS.128
 constexpr int kWarps = 8;
 
+__host__ __device__ inline int round_up(int v, int m) { return (v + m - 1) / m * m; }
+// A row stride of an odd number of 16-byte vectors: lanes reading the same column of consecutive rows with
+// LDS.128 hit different banks.
+__host__ __device__ inline int odd_vectors(int v) {
+  v = round_up(v, kVec);
+  return (v / kVec) % 2 ? v : v + kVec;
+}
+
 struct WgradTile {
-  int tile_h;  // rows per image in a tile (lanes per image)
-  int images;  // images per tile: tile_h * images == 32
-  int tile_w;  // columns per tile
+  int tile_h;    // rows per image in a tile
+  int images;    // images per tile
+  int tile_w;    // columns per tile
   int khp, kwp;  // cropped filter rounded up to the tap blocks
   __host__ __device__ int sx_rows() const { return tile_h + khp - 1; }
-  __host__ __device__ int sx_cols() const { return tile_w + kwp - 1; }  // odd: conflict-free row access
-  __host__ __device__ int sg_cols() const { return tile_w + 1; }
+  __host__ __device__ int sx_cols() const { return odd_vectors(tile_w + kwp); }  // + slack for the window
+  __host__ __device__ int sg_cols() const { return odd_vectors(tile_w); }
   size_t smem_floats() const {
     return static_cast<size_t>(images) * (sx_rows() * sx_cols() + tile_h * sg_cols()) +
            static_cast<size_t>(khp) * kwp;
@@ -39,6 +59,96 @@ struct WgradTile {
 template <typename T>
 __device__ __forceinline__ float to_float(T v) {
   return static_cast<float>(v);
+}
+
+#ifdef LKCONV_CUDA_EMULATION
+struct alignas(16) Float4 {
+  float x, y, z, w;
+};
+inline Float4 load4(::lkemu::SharedPtr<const float> p) {
+  return ::lkemu::SharedPtr<const Float4>(reinterpret_cast<Float4*>(p.raw()))[0];
+}
+#else
+using Float4 = float4;
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+#endif
+
+// acc[a][b] += sum_{u < COLS} g[u] * x_a[u + b], x_a = the 12-wide window (v0, v1, v2) of tap row a.
+template <int COLS>
+__device__ __forceinline__ void column_step(float (&acc)[IY][JX], const Float4& g4, const Float4 (&v0)[IY],
+                                            const Float4 (&v1)[IY], const Float4 (&v2)[IY]) {
+  const float g[kVec] = {g4.x, g4.y, g4.z, g4.w};
+#pragma unroll
+  for (int a = 0; a < IY; ++a) {
+    const float x[12] = {v0[a].x, v0[a].y, v0[a].z, v0[a].w, v1[a].x, v1[a].y,
+                         v1[a].z, v1[a].w, v2[a].x, v2[a].y, v2[a].z, v2[a].w};
+#pragma unroll
+    for (int u = 0; u < COLS; ++u)
+#pragma unroll
+      for (int b = 0; b < JX; ++b) acc[a][b] = fmaf(g[u], x[u + b], acc[a][b]);
+  }
+}
+
+// One output-gradient row against the warp's tap block: columns [x, x_end) from x (a multiple of 4); grow and
+// xrow point at column 0 of the gradient row and of the first tap row's input (at the block's first tap).
+__device__ __forceinline__ void gradient_row(float (&acc)[IY][JX], LKCONV_SMEM_PTR(const float) grow,
+                                             LKCONV_SMEM_PTR(const float) xrow, int sxc, int x, int x_end) {
+  Float4 v0[IY], v1[IY], v2[IY];
+  auto load_window = [&](Float4(&v)[IY], int col) {
+#pragma unroll
+    for (int a = 0; a < IY; ++a) v[a] = load4(xrow + a * sxc + col);
+  };
+  load_window(v0, x);
+  load_window(v1, x + kVec);
+  // Three steps per iteration with the window's roles rotated, so it slides without register moves.
+  for (; x + 3 * kVec <= x_end; x += 3 * kVec) {
+    load_window(v2, x + 2 * kVec);
+    column_step<kVec>(acc, load4(grow + x), v0, v1, v2);
+    load_window(v0, x + 3 * kVec);
+    column_step<kVec>(acc, load4(grow + x + kVec), v1, v2, v0);
+    load_window(v1, x + 4 * kVec);
+    column_step<kVec>(acc, load4(grow + x + 2 * kVec), v2, v0, v1);
+  }
+  for (; x + kVec <= x_end; x += kVec) {
+    load_window(v2, x + 2 * kVec);
+    column_step<kVec>(acc, load4(grow + x), v0, v1, v2);
+#pragma unroll
+    for (int a = 0; a < IY; ++a) v0[a] = v1[a], v1[a] = v2[a];
+  }
+  const int rest = x_end - x;  // 0..3 real columns in the last step
+  if (rest > 0) {
+#pragma unroll
+    for (int a = 0; a < IY; ++a) v2[a] = load4(xrow + a * sxc + x + 2 * kVec);
+    const Float4 g4 = load4(grow + x);
+    if (rest == 1) column_step<1>(acc, g4, v0, v1, v2);
+    else if (rest == 2) column_step<2>(acc, g4, v0, v1, v2);
+    else column_step<3>(acc, g4, v0, v1, v2);
+  }
+}
+
+// Lane l ends with the warp's sum of value l (of 32), in a fixed order: at each halving, a lane keeps the half
+// of its values whose index has its lane bit and sends the other half to its partner (31 shuffles in all).
+template <int HALF>
+__device__ __forceinline__ void reduce_halve(float (&v)[32], int lane) {
+  const bool upper = lane & HALF;
+#pragma unroll
+  for (int e = 0; e < HALF; ++e) {
+    const float send = upper ? v[e] : v[e + HALF];
+    const float keep = upper ? v[e + HALF] : v[e];
+    v[e] = keep + __shfl_xor_sync(0xffffffffu, send, HALF);
+  }
+}
+
+__device__ __forceinline__ float reduce_scatter(const float (&acc)[IY][JX], int lane) {
+  float v[32];
+#pragma unroll
+  for (int e = 0; e < 32; ++e) v[e] = acc[e / JX][e % JX];
+  reduce_halve<16>(v, lane);
+  reduce_halve<8>(v, lane);
+  reduce_halve<4>(v, lane);
+  reduce_halve<2>(v, lane);
+  reduce_halve<1>(v, lane);
+  return v[0];
 }
 
 template <typename T>
@@ -60,8 +170,8 @@ __global__ void __launch_bounds__(kWarps * 32) wgrad_kernel(const WgradParams p,
   const int row_tiles = (p.oh + TH - 1) / TH, col_tiles = (p.ow + TW - 1) / TW;
   const int64_t units = static_cast<int64_t>(img_groups) * row_tiles * col_tiles;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int my_img = lane / TH, my_y = lane % TH;
   const int tap_blocks_j = tile.kwp / JX, tap_blocks = (tile.khp / IY) * tap_blocks_j;
+  const int nthreads = blockDim.x;
 
   for (int64_t u = split; u < units; u += p.splits) {
     const int ct = static_cast<int>(u % col_tiles);
@@ -69,66 +179,64 @@ __global__ void __launch_bounds__(kWarps * 32) wgrad_kernel(const WgradParams p,
     const int ig = static_cast<int>(u / (static_cast<int64_t>(col_tiles) * row_tiles));
     const int y0 = rt * TH, x0 = ct * TW, n0 = ig * IMG;
     __syncthreads();  // the previous tile is no longer read
-    for (int e = threadIdx.x; e < IMG * x_elems; e += blockDim.x) {
-      const int im = e / x_elems, r = (e % x_elems) / SXC, col = e % SXC;
-      const int n = n0 + im;
-      const int sy = y0 + r + p.ki0 - p.pad_t, sx = x0 + col + p.kj0 - p.pad_l;
-      float v = 0.f;
-      if (n < p.n && sy >= 0 && sy < p.h && sx >= 0 && sx < p.w_)
-        v = to_float(xp[n * p.x_v.sn + c * p.x_v.sc + sy * p.x_v.sh + sx * p.x_v.sw]);
-      s_x[e] = v;
+    // Input tile with halo (zero outside the map and past the batch); (image, row, column) digits advance by
+    // blockDim.x with carries instead of a division per element.
+    {
+      int col = threadIdx.x % SXC, r = (threadIdx.x / SXC) % SXR, im = threadIdx.x / x_elems;
+      const int dcol = nthreads % SXC, dr = (nthreads / SXC) % SXR, dim = nthreads / x_elems;
+      for (int e = threadIdx.x; e < IMG * x_elems; e += nthreads) {
+        const int n = n0 + im;
+        const int sy = y0 + r + p.ki0 - p.pad_t, sx = x0 + col + p.kj0 - p.pad_l;
+        float v = 0.f;
+        if (n < p.n && sy >= 0 && sy < p.h && sx >= 0 && sx < p.w_)
+          v = to_float(xp[n * p.x_v.sn + c * p.x_v.sc + sy * p.x_v.sh + sx * p.x_v.sw]);
+        s_x[e] = v;
+        col += dcol, r += dr, im += dim;
+        if (col >= SXC) col -= SXC, ++r;
+        if (r >= SXR) r -= SXR, ++im;
+      }
     }
-    for (int e = threadIdx.x; e < IMG * g_elems; e += blockDim.x) {
-      const int im = e / g_elems, r = (e % g_elems) / SGC, col = e % SGC;
-      const int n = n0 + im, y = y0 + r, x = x0 + col;
-      float v = 0.f;
-      if (col < TW && n < p.n && y < p.oh && x < p.ow)
-        v = to_float(gp[n * p.g_v.sn + c * p.g_v.sc + y * p.g_v.sh + x * p.g_v.sw]);
-      s_g[e] = v;
+    {
+      int col = threadIdx.x % SGC, r = (threadIdx.x / SGC) % TH, im = threadIdx.x / g_elems;
+      const int dcol = nthreads % SGC, dr = (nthreads / SGC) % TH, dim = nthreads / g_elems;
+      for (int e = threadIdx.x; e < IMG * g_elems; e += nthreads) {
+        const int n = n0 + im, y = y0 + r, x = x0 + col;
+        float v = 0.f;
+        if (col < TW && n < p.n && y < p.oh && x < p.ow)
+          v = to_float(gp[n * p.g_v.sn + c * p.g_v.sc + y * p.g_v.sh + x * p.g_v.sw]);
+        s_g[e] = v;
+        col += dcol, r += dr, im += dim;
+        if (col >= SGC) col -= SGC, ++r;
+        if (r >= TH) r -= TH, ++im;
+      }
     }
     __syncthreads();
 
-    // Only real gradient entries are visited (no zero-gradient products with real inputs, which would turn
-    // an Inf input into a NaN tap).
-    const bool row_valid = n0 + my_img < p.n && y0 + my_y < p.oh;
-    const int cols = min(TW, p.ow - x0);
-    LKCONV_SMEM_PTR(const float) grow = s_g + my_img * g_elems + my_y * SGC;
+    const int rows = min(TH, p.oh - y0), cols = min(TW, p.ow - x0), images = min(IMG, p.n - n0);
+    const int top = p.pad_t - p.ki0 - y0;   // input tile row of map row 0
+    const int left = p.pad_l - p.kj0 - x0;  // input tile column of map column 0
     for (int tb = warp; tb < tap_blocks; tb += kWarps) {
       const int i0 = (tb / tap_blocks_j) * IY, j0 = (tb % tap_blocks_j) * JX;
+      // Rows r whose input rows r + i0 .. r + i0 + IY - 1 touch the map; column steps whose input columns
+      // x + j0 .. x + j0 + 10 touch it (x_lo a multiple of 4, x_end capped at the real columns).
+      const int r_lo = max(0, top - i0 - IY + 1), r_hi = min(rows, top + p.h - i0);
+      const int x_lo = max(0, left - j0 - (kVec + JX - 2)) / kVec * kVec;
+      const int x_end = min(cols, round_up(max(0, left + p.w_ - j0), kVec));
+      const int nrows = max(0, r_hi - r_lo);
       float acc[IY][JX];
 #pragma unroll
       for (int a = 0; a < IY; ++a)
 #pragma unroll
         for (int b = 0; b < JX; ++b) acc[a][b] = 0.f;
-      if (row_valid) {
-        LKCONV_SMEM_PTR(const float) xrow = s_x + my_img * x_elems + (my_y + i0) * SXC + j0;
-        float win[IY][JX];
-#pragma unroll
-        for (int a = 0; a < IY; ++a)
-#pragma unroll
-          for (int b = 0; b < JX - 1; ++b) win[a][b] = xrow[a * SXC + b];
-        for (int x = 0; x < cols; ++x) {
-          const float gv = grow[x];
-#pragma unroll
-          for (int a = 0; a < IY; ++a) {
-            win[a][JX - 1] = xrow[a * SXC + x + JX - 1];
-#pragma unroll
-            for (int b = 0; b < JX; ++b) acc[a][b] = fmaf(gv, win[a][b], acc[a][b]);
-#pragma unroll
-            for (int b = 0; b < JX - 1; ++b) win[a][b] = win[a][b + 1];
-          }
+      if (x_lo < x_end) {
+        for (int k = lane; k < images * nrows; k += 32) {
+          const int im = k / nrows, r = r_lo + k % nrows;
+          gradient_row(acc, s_g + im * g_elems + r * SGC, s_x + im * x_elems + (r + i0) * SXC + j0, SXC, x_lo,
+                       x_end);
         }
       }
-      // Sum over the warp's rows in a fixed butterfly order, then lane 0 owns the tap block.
-#pragma unroll
-      for (int a = 0; a < IY; ++a)
-#pragma unroll
-        for (int b = 0; b < JX; ++b) {
-          float v = acc[a][b];
-#pragma unroll
-          for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-          if (lane == 0) s_acc[(i0 + a) * tile.kwp + j0 + b] += v;
-        }
+      const float v = reduce_scatter(acc, lane);
+      s_acc[(i0 + lane / JX) * tile.kwp + j0 + lane % JX] += v;
     }
   }
   __syncthreads();
@@ -151,14 +259,6 @@ __global__ void wgrad_finalize_kernel(const float* partial, T* grad_w, int c_tot
   grad_w[c * kh * kw + (ki0 + t / kwc) * kw + kj0 + t % kwc] = static_cast<T>(sum);
 }
 
-int round_up(int v, int m) { return (v + m - 1) / m * m; }
-
-int next_pow2(int v) {
-  int p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
-
 template <typename T>
 void launch(WgradParams p, const WgradTile& tile, at::Tensor& grad_w, int kh, int kw, cudaStream_t stream) {
   const size_t smem = tile.smem_floats() * sizeof(float);
@@ -178,22 +278,29 @@ void launch(WgradParams p, const WgradTile& tile, at::Tensor& grad_w, int kh, in
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Rows per tile follow the map (a warp's lanes cover tile_h rows of 32 / tile_h images); columns start at 64
-// and halve (to 4) while the tile does not fit the GPU's shared memory. False (and why) when nothing fits.
-bool choose_tile(int oh, int ow, int khc, int kwc, size_t smem_limit, WgradTile* out, std::string* why) {
+// Tiles of whole rows: up to 64 columns (64-column tiles across wider maps), up to 64 rows, and as many images as
+// make ~112 rows a tile (so a warp's lanes have several rows each and the reduction is amortised), never more
+// than the batch. While the tile does not fit the GPU's shared memory: fewer images, then fewer rows, then
+// narrower tiles. False (and why) when nothing fits.
+bool choose_tile(int n, int oh, int ow, int khc, int kwc, size_t smem_limit, WgradTile* out, std::string* why) {
   WgradTile tile;
-  tile.tile_h = std::min(32, next_pow2(oh));
-  tile.images = 32 / tile.tile_h;
-  tile.tile_w = std::min(64, round_up(ow, 4));
+  tile.tile_w = std::min(64, round_up(ow, kVec));
+  tile.tile_h = std::min(64, oh);
+  tile.images = std::max(1, std::min(n, (112 + tile.tile_h - 1) / tile.tile_h));
   tile.khp = round_up(khc, IY), tile.kwp = round_up(kwc, JX);
   while (tile.smem_floats() * sizeof(float) > smem_limit) {
-    if (tile.tile_w <= 4) {
+    if (tile.images > 1) {
+      tile.images = (tile.images + 1) / 2;
+    } else if (tile.tile_h > 1) {
+      tile.tile_h = (tile.tile_h + 1) / 2;
+    } else if (tile.tile_w > kVec) {
+      tile.tile_w = std::max(kVec, tile.tile_w / 2);
+    } else {
       *why = "the weight gradient of a " + std::to_string(khc) + "x" + std::to_string(kwc) + " filter needs " +
              std::to_string(tile.smem_floats() * sizeof(float)) + " bytes of shared memory even with the " +
              "smallest tile, more than this GPU offers (" + std::to_string(smem_limit) + ")";
       return false;
     }
-    tile.tile_w = std::max(4, tile.tile_w / 2);
   }
   *out = tile;
   return true;
@@ -206,7 +313,7 @@ void useful_range(int k, int pad, int in_len, int out_len, int* lo, int* hi) {
 
 }  // namespace
 
-TileConfig weight_grad_tile_config(int h, int w, int oh, int ow, int kh, int kw, int pad_t, int pad_l) {
+TileConfig weight_grad_tile_config(int n, int h, int w, int oh, int ow, int kh, int kw, int pad_t, int pad_l) {
   TileConfig out;
   int i_lo, i_hi, j_lo, j_hi;
   useful_range(kh, pad_t, h, oh, &i_lo, &i_hi);
@@ -214,7 +321,8 @@ TileConfig weight_grad_tile_config(int h, int w, int oh, int ow, int kh, int kw,
   if (i_hi < i_lo || j_hi < j_lo) return out;
   out.khc = i_hi - i_lo + 1, out.kwc = j_hi - j_lo + 1;
   WgradTile tile;
-  if (choose_tile(oh, ow, out.khc, out.kwc, current_device_limits().smem_per_block_optin, &tile, &out.refusal)) {
+  if (choose_tile(n, oh, ow, out.khc, out.kwc, current_device_limits().smem_per_block_optin, &tile,
+                  &out.refusal)) {
     out.kernel = "wgrad_kernel";
     out.a = tile.tile_h, out.b = tile.images, out.c = tile.tile_w, out.khp = tile.khp, out.kwp = tile.kwp;
     out.smem = tile.smem_floats() * sizeof(float);
@@ -242,7 +350,7 @@ void weight_grad(const at::Tensor& grad_out, const at::Tensor& input, at::Tensor
 
   WgradTile tile;
   std::string why;
-  TORCH_CHECK(choose_tile(oh, ow, p.khc, p.kwc, current_device_limits().smem_per_block_optin, &tile, &why),
+  TORCH_CHECK(choose_tile(p.n, oh, ow, p.khc, p.kwc, current_device_limits().smem_per_block_optin, &tile, &why),
               "lkconv cuda: ", why);
 
   // Enough blocks to fill the GPU about four times over; the split count depends on the shape and the GPU
