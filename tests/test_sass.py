@@ -159,7 +159,7 @@ def test_weight_gradient_work_model_counts_every_useful_tap(size, k, pad, cuda_e
 
     import torch
 
-    n = 3
+    n = 8  # a full tile of 14x14 maps
     cfg = cuda_emu.cuda_tile_config("backward_weight", size, size, k, k, [pad] * 4, False)
     khc, kwc = cfg["useful_taps"]
     crop = max(0, pad - size + 1)
