@@ -69,8 +69,8 @@ def _order(call: ConvCall) -> List[str]:
 #: Why the CUDA kernels go first on CUDA devices, for every pass. Both GPU backends are verified in every test
 #: run (the CUDA kernels under the CUDA emulation, the Triton kernels under the interpreter); no GPU has measured
 #: either, so the static prediction decides until measurements exist: for every benchmark shape and pass the
-#: CUDA kernels' predicted useful TFLOP/s is about 7-31x the best Triton config's (forward/backward-input 40.5
-#: vs 3.4 at 56x56 k31, weight gradient 27.8 vs 2.8; `python -m bench.sass`).
+#: CUDA kernels' predicted useful TFLOP/s is about 12-31x the best Triton config's (forward/backward-input 40.5
+#: vs 3.4 at 56x56 k31, weight gradient 46.0 vs 2.8; `python -m bench.sass`).
 CUDA_RULE = ("cuda before triton for every pass: predicted (static) useful TFLOP/s, "
              "bench/results/sass-static.json; no GPU measurement yet")
 
