@@ -3,10 +3,12 @@
 Two rules decide where a CPU forward/backward-input runs: which of lkconv's correlation cores (`prefer_channels`
 in csrc/cpu/depthwise_cpu.cpp: plane cores or channel-vectorised cores) and whether PyTorch's own kernel is
 faster still (`CpuBackend.auto_refusals`). This measures, per shape and caller layout, PyTorch (oneDNN or its
-native kernel, in the caller's layout), both lkconv cores forced, and lkconv's automatic choice, interleaved
-in one process (float32, the model shapes of ConvNeXt-T and RepLKNet-31B, batch 1 and 4), and reports for
-each row which is fastest and how far the automatic choice is from it. Timings, not correctness: the
-correctness of both cores is asserted by the test suite.
+native kernel, in the caller's layout; for the forward also with a bias, since PyTorch's NCHW kernel changes
+speed with it), both lkconv cores forced, and lkconv's automatic choice (for the forward: the public
+`lkconv.depthwise_conv2d` under inference_mode, so routing and Python overhead count), interleaved in one
+process (float32, the model shapes of ConvNeXt-T and RepLKNet-31B, batch 1 and 4), and reports for each row
+which is fastest and how far the automatic choice is from it. Timings, not correctness: the correctness of
+both cores is asserted by the test suite.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class RuleRow:
     k: int
     layout: str
     torch_ms: float
+    torch_bias_ms: Optional[float]  # forward only: PyTorch with a bias
     planes_ms: float
     channels_ms: float
     auto_ms: float
@@ -49,12 +52,18 @@ def _callables(pass_: str, x, w, g, k, cl):
     from lkconv import _ext
     from lkconv.backends.cpu import ALGORITHMS
 
+    import lkconv
+
     c, pad = x.shape[1], [k // 2] * 4
     if pass_ == "forward":
         def ours(algo):
             return lambda: _ext._C.cpu_forward(x, w, None, pad, cl, ALGORITHMS[algo])
 
+        bias = torch.randn(c)
         theirs = lambda: F.conv2d(x, w, None, 1, k // 2, 1, c)  # noqa: E731
+        theirs_bias = lambda: F.conv2d(x, w, bias, 1, k // 2, 1, c)  # noqa: E731
+        auto = lambda: lkconv.depthwise_conv2d(x, w, padding=k // 2)  # noqa: E731
+        return theirs, ours("planes"), ours("channels"), auto, theirs_bias
     else:
         h, wd = x.shape[2:]
 
@@ -80,23 +89,26 @@ def measure(kernel_sizes: List[int], batches: List[int], passes: List[str], min_
                         fns = _callables(pass_, x, w, g, k, layout == "channels_last")
                         # Interleaved: one round of every callable, repeated, so drifts hit all alike.
                         times = [[] for _ in fns]
-                        for _ in range(3):
-                            for i, fn in enumerate(fns):
-                                times[i].append(time_cpu(fn, min_run_time).median_ms)
-                        t, p, ch, auto = (sorted(ts)[1] for ts in times)
+                        with torch.inference_mode():
+                            for _ in range(3):
+                                for i, fn in enumerate(fns):
+                                    times[i].append(time_cpu(fn, min_run_time).median_ms)
+                        t, p, ch, auto, *tb = (sorted(ts)[1] for ts in times)
                         best = min(t, p, ch)
                         fastest = ("torch", "planes", "channels")[[t, p, ch].index(best)]
-                        row = RuleRow(pass_, n, c, size, k, layout, t, p, ch, auto, fastest, auto / best)
+                        row = RuleRow(pass_, n, c, size, k, layout, t, tb[0] if tb else None, p, ch, auto, fastest,
+                                      auto / best)
                         rows.append(row)
                         print(f"{pass_:<14} n={n} c={c:<4} {size:>2}x{size:<2} k={k:<2} {layout:<13} torch {t:7.3f} "
-                              f"planes {p:7.3f} channels {ch:7.3f} auto {auto:7.3f}  fastest {fastest:<8} "
+                              + (f"(+bias {tb[0]:7.3f}) " if tb else "")
+                              + f"planes {p:7.3f} channels {ch:7.3f} auto {auto:7.3f}  fastest {fastest:<8} "
                               f"auto/fastest {auto / best:4.2f}", flush=True)
     return rows
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cpu_rules", description=__doc__)
-    p.add_argument("--kernel-sizes", type=kernel_sizes_arg, default=[3, 7, 13, 29])
+    p.add_argument("--kernel-sizes", type=kernel_sizes_arg, default=[3, 7, 9, 13, 29])
     p.add_argument("--batch-sizes", type=kernel_sizes_arg, default=[1, 4])
     p.add_argument("--passes", default="forward,backward_input")
     p.add_argument("--min-run-time", type=float, default=0.1, help="seconds per timing (3 interleaved rounds)")

@@ -202,26 +202,29 @@ void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, con
   const int64_t L = lanes<T>();
   const int64_t groups = (C + L - 1) / L;
   const int64_t khc = ti.empty() ? 0 : ti.size(), kwc = tj.empty() ? 0 : tj.size();
-  // The cropped filter (flipped if asked) and the bias, L channels per vector, zero in lanes past C.
-  // Prepared in parallel: at 512 channels of 27x27 this is 373k values, a third of a small map's run if serial.
-  std::vector<T> wt(groups * std::max<int64_t>(khc * kwc, 1) * L), bt(groups * L, T(0));
+  // The cropped filter (flipped if asked), L channels per vector, zero in lanes past C: prepared by the task
+  // that needs it, into a per-thread buffer (tasks run group by group, so each thread prepares a group once and
+  // its images reuse it from L1/L2; a separate pass over all groups cost a third of a 7x7 map's run).
+  const int64_t group_taps = std::max<int64_t>(khc * kwc, 1) * L;
+  std::vector<T> bt(groups * L, T(0));
   const S* fp = filter.data_ptr<S>();
   const auto fs = filter.strides();
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t group = g0; group < g1; ++group) {
-      T* wg = wt.data() + group * khc * kwc * L;
-      const int64_t c0 = group * L, count = std::min(L, C - c0);
+  auto prepare_filter = [&](int64_t group, T* wg) {
+    const int64_t c0 = group * L, count = std::min(L, C - c0);
+    for (int64_t l = 0; l < L; ++l) {
+      if (l >= count) {
+        for (int64_t t = 0; t < khc * kwc; ++t) wg[t * L + l] = T(0);
+        continue;
+      }
+      const S* f = fp + (c0 + l) * fs[0];
       for (int64_t i = 0; i < khc; ++i)
         for (int64_t j = 0; j < kwc; ++j) {
           int64_t fi = ti.lo + i, fj = tj.lo + j;
           if (flip) fi = kh - 1 - fi, fj = kw - 1 - fj;
-          const S* f = fp + c0 * fs[0] + fi * fs[2] + fj * fs[3];
-          T* d = wg + (i * kwc + j) * L;
-          for (int64_t l = 0; l < count; ++l) d[l] = static_cast<T>(f[l * fs[0]]);
-          for (int64_t l = count; l < L; ++l) d[l] = T(0);
+          wg[(i * kwc + j) * L + l] = static_cast<T>(f[fi * fs[2] + fj * fs[3]]);
         }
     }
-  });
+  };
   for (int64_t c = 0; c < C; ++c) bt[c] = bias ? static_cast<T>(bias[c]) : T(0);
   // Where the image sits relative to the cropped taps. A negative offset (padding wider than the kernel in
   // backward-input) means the first image rows/columns are never read: they are cropped away.
@@ -235,9 +238,11 @@ void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, con
   const auto ss = src.strides(), os = out.strides();
   const ChannelsFn<T> correlate = channels_fn<T>();
   at::parallel_for(0, N * groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> sbuf(std::max<int64_t>(Hc, 1) * cols * L, T(0)), obuf(OH * OW * L);
+    std::vector<T> sbuf(std::max<int64_t>(Hc, 1) * cols * L, T(0)), obuf(OH * OW * L), wbuf(group_taps);
+    int64_t prepared = -1;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / groups, group = task % groups, c0 = group * L, g_count = std::min(L, C - c0);
+      const int64_t group = task / N, n = task % N, c0 = group * L, g_count = std::min(L, C - c0);
+      if (group != prepared && khc > 0 && kwc > 0) prepare_filter(group, wbuf.data()), prepared = group;
       const S* s = sp + n * ss[0] + c0 * ss[1] + skip_r * ss[2] + skip_c * ss[3];
       if (khc > 0 && kwc > 0) {
         // Gather the image into columns [bl, bl + Wc); the columns around it stay zero from the allocation.
@@ -258,7 +263,7 @@ void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, con
         }
       }
       correlate(sbuf.data(), cols * L, static_cast<int>(Hc), static_cast<int>(bl), static_cast<int>(Wc),
-                static_cast<int>(btop), wt.data() + group * khc * kwc * L, static_cast<int>(khc),
+                static_cast<int>(btop), wbuf.data(), static_cast<int>(khc),
                 static_cast<int>(kwc), bt.data() + group * L, obuf.data(), static_cast<int>(OH),
                 static_cast<int>(OW));
       S* o = op + n * os[0] + c0 * os[1];
