@@ -23,6 +23,7 @@ pass over the result that changes nothing when every value is finite.
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -54,7 +55,7 @@ def _must_check(t: torch.Tensor) -> bool:
     if t.device.type == "cpu":
         # A sum is one vectorised pass without a mask tensor (a third of isfinite().all()'s time); it is finite
         # whenever every entry is, so only a non-finite sum (or an overflow) needs the exact check.
-        if t.numel() and bool(torch.isfinite(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else None))):
+        if t.numel() and math.isfinite(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else None).item()):
             return False
         return not bool(torch.isfinite(t).all())
     return True

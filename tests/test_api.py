@@ -143,3 +143,25 @@ def test_weight_grad_is_deterministic_across_thread_counts():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(results[0], results[1])
+
+
+def test_eager_inference_fast_path_and_dispatch_modes():
+    """CPU inference calls skip the custom op's dispatch (the same kernels, the same result), but under a
+    TorchDispatchMode (profilers, FLOP counters) the lkconv op stays visible."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, w, b = torch.randn(2, 3, 9, 9), torch.randn(3, 1, 13, 13), torch.randn(3)
+    with torch.inference_mode():
+        fast = lkconv.depthwise_conv2d(x, w, b, padding=6)
+        with Log():
+            logged = lkconv.depthwise_conv2d(x, w, b, padding=6)
+    assert any("lkconv" in name for name in seen)
+    torch.testing.assert_close(fast, logged, rtol=0, atol=0)
+    torch.testing.assert_close(fast, F.conv2d(x, w, b, 1, 6, 1, 3))
