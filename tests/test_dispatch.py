@@ -48,25 +48,6 @@ def test_measured_cpu_rule_per_pass():
     assert "forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in text
 
 
-def test_measured_cpu_rule_for_small_nchw_maps():
-    """NCHW forwards on 7x7 maps with k <= 13 and >= 256 channels go to PyTorch's kernel (measured faster);
-    the backward passes, larger maps and kernels, few channels and channels_last stay on lkconv's cores."""
-    w13 = torch.randn(256, 1, 13, 13)
-    text = lkconv.explain(torch.randn(2, 256, 7, 7), w13, padding=6)
-    assert "forward -> torch, backward_input -> cpu, backward_weight -> cpu" in text
-    assert "NCHW kernel" in text
-    for x, w, pad in ((torch.randn(2, 256, 8, 8), w13, 6), (torch.randn(2, 256, 7, 7), torch.randn(256, 1, 15, 15), 7),
-                      (torch.randn(2, 64, 7, 7), torch.randn(64, 1, 13, 13), 6),
-                      (torch.randn(2, 256, 7, 7).contiguous(memory_format=torch.channels_last), w13, 6)):
-        assert "forward -> cpu" in lkconv.explain(x, w, padding=pad)
-    x = torch.randn(2, 256, 7, 7, requires_grad=True)
-    w = w13.clone().requires_grad_()
-    y = lkconv.depthwise_conv2d(x, w, padding=6)
-    torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w, None, 1, 6, 1, 256))
-    y.sum().backward()
-    assert x.grad is not None and w.grad is not None
-
-
 def test_use_backend_forces_and_restores():
     x, w = torch.randn(1, 2, 8, 8), torch.randn(2, 1, 3, 3)
     call = describe(x, w, padding=1)

@@ -54,16 +54,6 @@ class CpuBackend(Backend):
                 and call.dtype == torch.float32 and call.unit_stride_dilation):
             return ["oneDNN (torch backend) is faster for channels_last forward/backward-input with k <= 7 on "
                     "the CPU (measured, bench/results/cpu-kernels.json)"]
-        # Second measured rule (same evidence file, with and without bias): on the deep stages' 7x7 maps
-        # (ConvNeXt-T and RepLKNet-31B stage 4, C = 768 and 1024, batch 1-8) PyTorch's NCHW forward is 1.2-1.5x
-        # faster than lkconv's cores for kernels 3..13: the maps are too small for either core to amortise its
-        # per-call work. Kept to what was measured: larger maps and kernels are where PyTorch's NCHW kernel
-        # turns erratic (up to 40x slower at 14x14 k27).
-        if (not call.channels_last and call.pass_name == "forward" and max(call.h, call.w) <= 7
-                and max(call.kh, call.kw) <= 13 and call.c >= 256 and call.dtype == torch.float32
-                and call.unit_stride_dilation):
-            return ["PyTorch's NCHW kernel (torch backend) is faster for NCHW forwards on maps up to 7x7 with "
-                    "k <= 13 and >= 256 channels on the CPU (measured, bench/results/cpu-rules.json)"]
         return []
 
     def forward(self, input, weight, bias, call):
