@@ -39,13 +39,17 @@ def test_explain_names_the_choice_and_every_refusal():
 
 
 def test_measured_cpu_rule_per_pass():
-    """channels_last with k <= 7: oneDNN for forward/backward-input, lkconv's kernel for the weight gradient."""
+    """channels_last with k <= 7: oneDNN for forward/backward-input (but not 7x7 kernels on maps up to 14x14),
+    lkconv's kernel for the weight gradient."""
     x = torch.randn(1, 4, 16, 16).contiguous(memory_format=torch.channels_last)
     text = lkconv.explain(x, torch.randn(4, 1, 7, 7), padding=3)
     assert "forward -> torch, backward_input -> torch, backward_weight -> cpu" in text
     assert "oneDNN" in text
     text = lkconv.explain(x, torch.randn(4, 1, 13, 13), padding=6)
     assert "forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in text
+    small = torch.randn(1, 4, 14, 14).contiguous(memory_format=torch.channels_last)  # k = 7 on a 14x14 map
+    assert "forward -> cpu, backward_input -> cpu" in lkconv.explain(small, torch.randn(4, 1, 7, 7), padding=3)
+    assert "forward -> torch" in lkconv.explain(small, torch.randn(4, 1, 5, 5), padding=2)
 
 
 def test_use_backend_forces_and_restores():

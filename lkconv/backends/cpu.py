@@ -46,14 +46,17 @@ class CpuBackend(Backend):
     def auto_refusals(self, call):
         # Measured rule (bench/results/cpu-rules.json, `python -m bench.cpu_rules`: ConvNeXt-T and RepLKNet-31B
         # stage shapes, batch 1 and 4): for channels_last float32 inputs with kernels up to 7x7, oneDNN's
-        # channels_last forward and backward-input are faster than lkconv's cores (up to ~2x at 3x3, batch 4);
+        # channels_last forward and backward-input are faster than lkconv's cores (up to ~3.5x at 3x3, batch 4,
+        # 56x56) -- except 6x6-7x7 kernels on maps up to 14x14, where the channel cores are 1.0-2.3x faster;
         # from 9x9 up lkconv's are as fast or faster. NCHW calls stay here: PyTorch's NCHW depthwise kernel is
-        # at best ~20% faster on a few small maps and up to 10x slower on others, by shape and bias. The weight
+        # at best ~20% faster on a few small maps and up to 140x slower on others, by shape and bias. The weight
         # gradient stays here at every size (>= 3x faster).
-        if (call.channels_last and call.pass_name in ("forward", "backward_input") and max(call.kh, call.kw) <= 7
+        k = max(call.kh, call.kw)
+        if (call.channels_last and call.pass_name in ("forward", "backward_input") and k <= 7
+                and not (k >= 6 and max(call.h, call.w) <= 14)
                 and call.dtype == torch.float32 and call.unit_stride_dilation):
             return ["oneDNN (torch backend) is faster for channels_last forward/backward-input with k <= 7 on "
-                    "the CPU (measured, bench/results/cpu-kernels.json)"]
+                    "the CPU, except 6-7 wide kernels on maps up to 14x14 (measured, bench/results/cpu-rules.json)"]
         return []
 
     def forward(self, input, weight, bias, call):
