@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -401,8 +402,10 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
     for shape, n, c, size, kh, kw in SHAPES:
         pad = (kh // 2, kw // 2)
         useful = _useful_macs(n, c, size, size, kh, kw, pad)
-        for pass_ in ("forward", "backward_input", "backward_weight"):
-            cfg = emu.cuda_tile_config(pass_, size, size, kh, kw, [pad[0], pad[0], pad[1], pad[1]], False)
+        for pass_, (dtype, element_size) in itertools.product(("forward", "backward_input", "backward_weight"),
+                                                              (("float32", 4), ("bfloat16", 2))):
+            cfg = emu.cuda_tile_config(pass_, size, size, kh, kw, [pad[0], pad[0], pad[1], pad[1]], False,
+                                       element_size)
             if cfg["refusal"] or not cfg["kernel"]:
                 continue
             khc, kwc = cfg["useful_taps"]
@@ -429,20 +432,19 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
                 kind = "wgrad"
                 ignores = ("the tile loader, the per-tile reduce-scatter (31 shuffles per warp and tap block), the "
                            "finalize kernel, memory stalls")
-            for dtype in ("float32", "bfloat16"):
-                rep = by_inst.get((kind, dtype, key_ints))
-                if rep is None:
-                    continue
-                occ = occupancy(arch, rep.regs, cfg["smem"] + rep.static_smem, cfg["threads"])
-                util = useful / performed
-                if kind == "correlate":  # issue time: steady slots at the hot loop's share, edges at theirs
-                    issue = steady / rep.ffma_share + edge / rep.edge_ffma_share
-                    predicted = PEAK_FP32_TFLOPS[arch] * useful / issue
-                else:
-                    predicted = PEAK_FP32_TFLOPS[arch] * rep.ffma_share * util
-                out.append(Prediction(shape, pass_, dtype, "cuda", rep.kernel, config, rep.regs, rep.spill_bytes,
-                                      cfg["smem"], cfg["threads"], occ["fraction"], occ["limiter"], rep.ffma_share,
-                                      util, predicted, ignores))
+            rep = by_inst.get((kind, dtype, key_ints))
+            if rep is None:
+                continue
+            occ = occupancy(arch, rep.regs, cfg["smem"] + rep.static_smem, cfg["threads"])
+            util = useful / performed
+            if kind == "correlate":  # issue time: steady slots at the hot loop's share, edges at theirs
+                issue = steady / rep.ffma_share + edge / rep.edge_ffma_share
+                predicted = PEAK_FP32_TFLOPS[arch] * useful / issue
+            else:
+                predicted = PEAK_FP32_TFLOPS[arch] * rep.ffma_share * util
+            out.append(Prediction(shape, pass_, dtype, "cuda", rep.kernel, config, rep.regs, rep.spill_bytes,
+                                  cfg["smem"], cfg["threads"], occ["fraction"], occ["limiter"], rep.ffma_share,
+                                  util, predicted, ignores))
     return out
 
 

@@ -165,6 +165,21 @@ def test_every_correlate_tile_configuration_runs(cuda_emu):
     assert rows == {4, 8} and wide and multi_plane
 
 
+def test_16bit_sources_stay_16bit_in_shared_memory(cuda_emu):
+    """16-bit inputs are held as 16-bit in shared memory: a plane costs less, so a block holds at least as many
+    planes in no more bytes per plane; and the 16-bit calls run (checked against float64)."""
+    for size, k in ((14, 27), (7, 13), (56, 31)):
+        f32, f16 = (cuda_emu.cuda_tile_config("forward", size, size, k, k, [k // 2] * 4, False, es) for es in (4, 2))
+        assert f16["smem"] / f16["planes"] < f32["smem"] / f32["planes"] and f16["planes"] >= f32["planes"]
+    for dtype in (torch.float16, torch.bfloat16):
+        x, w = torch.randn(2, 3, 9, 11).to(dtype), torch.randn(3, 1, 7, 7).to(dtype)
+        with lkconv.use_backend("cuda_emu"):
+            y = lkconv.depthwise_conv2d(x, w, padding=3)
+        ref = F.conv2d(x.double(), w.double(), None, 1, 3, 1, 3)
+        theirs = F.conv2d(x.float(), w.float(), None, 1, 3, 1, 3).to(dtype)
+        assert_within_torch_error(y, theirs, ref, f"forward {dtype}")
+
+
 @pytest.mark.parametrize("schedule", ["reverse", "shuffled"])
 def test_results_do_not_depend_on_the_thread_schedule(schedule, cuda_emu):
     x, w, g = torch.randn(2, 3, 14, 15), torch.randn(3, 1, 9, 9), torch.randn(2, 3, 14, 15)

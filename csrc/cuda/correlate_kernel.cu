@@ -20,7 +20,9 @@
 //    remains is the zero halo columns inside a partly real chunk.
 //  - Tiles sized to the map: lanes_x threads of 4 columns and tile_rows threads of RY rows per plane, chosen by
 //    the launcher to cover the map with the least waste, and several planes per block for small maps.
-// Filters and sources are held in shared memory as float (16-bit inputs are widened when loaded).
+// Filters are held in shared memory as float; sources in the input's own type (16-bit inputs stay 16-bit: half
+// the shared memory, so twice the planes per SM; a chunk's 4 values are one LDS.64 and 4 conversions, against
+// 16 x RY FFMAs). Accumulation is fp32.
 //
 // Layouts: the loader walks the tile channel-fastest for channels_last tensors (so a block's `planes`
 // channels are read contiguously) and column-fastest otherwise; nothing is copied to another layout.
@@ -54,6 +56,18 @@ using Float4 = float4;
 __device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 #endif
 
+// Four 16-bit source values (one 8-byte load), widened.
+template <typename T>
+struct alignas(8) Quad {
+  T v[4];
+};
+template <typename T>
+__device__ __forceinline__ Float4 load4(LKCONV_SMEM_PTR(const T) p) {
+  const Quad<T> q = LKCONV_SMEM_CAST(const Quad<T>, p)[0];
+  return Float4{static_cast<float>(q.v[0]), static_cast<float>(q.v[1]), static_cast<float>(q.v[2]),
+                static_cast<float>(q.v[3])};
+}
+
 __host__ __device__ __forceinline__ int ceil_div(int a, int b) {  // b > 0, any sign of a
   return a >= 0 ? (a + b - 1) / b : -((-a) / b);
 }
@@ -71,8 +85,8 @@ __device__ __forceinline__ void row_chunk(float* acc, const Float4& w4, const Fl
 
 // One source row against NR output rows (filter rows f, f - 4, ..., f - 4 (NR - 1) of each chunk): the full
 // chunks [0, nfull), then the last chunk's `rem` taps when rem > 0.
-template <int NR>
-__device__ __forceinline__ void source_row(float (*acc)[kCols], LKCONV_SMEM_PTR(const float) src,
+template <int NR, typename S>
+__device__ __forceinline__ void source_row(float (*acc)[kCols], LKCONV_SMEM_PTR(const S) src,
                                            LKCONV_SMEM_PTR(const float) f, int nfull, int rem, int chunk_stride) {
   Float4 a = load4(src);
 #pragma unroll 2  // two chunks per iteration: the window slides by renaming registers, not moving them
@@ -106,8 +120,8 @@ __global__ void __launch_bounds__(256) correlate_kernel(const CorrelateParams p)
   const int SC = TW + kwp;             // source columns per row: the tile, its halo, one vector of slack
   const int SR = p.src_rows;           // source rows held per plane
   const int taps = khc * kwp, chunk_stride = khc * kCols;
-  LKCONV_SMEM_PTR(float) s_w = smem;                                    // [P][chunk][khc][4]
-  LKCONV_SMEM_PTR(float) s_src = smem + static_cast<int64_t>(P) * taps;  // [P][SR][SC]
+  LKCONV_SMEM_PTR(float) s_w = smem;                                                // [P][chunk][khc][4]
+  LKCONV_SMEM_PTR(T) s_src = LKCONV_SMEM_CAST(T, smem + static_cast<int64_t>(P) * taps);  // [P][SR][SC]
 
   const int groups_per_n = (p.c + P - 1) / P;
   const int n = blockIdx.x / groups_per_n;
@@ -146,9 +160,8 @@ __global__ void __launch_bounds__(256) correlate_kernel(const CorrelateParams p)
     const int pl = channels_fastest ? d0 : d2, col = channels_fastest ? d1 : d0, r = channels_fastest ? d2 : d1;
     const int c = c0 + pl;
     const int sy = y0 + row0 + r - p.off_t, sx = x0 + col - p.off_l;
-    float v = 0.f;
-    if (c < p.c && sx >= 0 && sx < p.w_)
-      v = to_float(src[n * p.src_v.sn + c * p.src_v.sc + sy * p.src_v.sh + sx * p.src_v.sw]);
+    T v = T(0.f);
+    if (c < p.c && sx >= 0 && sx < p.w_) v = src[n * p.src_v.sn + c * p.src_v.sc + sy * p.src_v.sh + sx * p.src_v.sw];
     s_src[static_cast<int64_t>(pl) * SR * SC + r * SC + col] = v;
     d0 += step0, d1 += step1, d2 += step2;
     if (d0 >= radix0) d0 -= radix0, ++d1;
@@ -178,8 +191,8 @@ __global__ void __launch_bounds__(256) correlate_kernel(const CorrelateParams p)
     for (int u = 0; u < kCols; ++u) acc[r][u] = 0.f;
 
   // Row t of the source is at s_row + t * SC; filter row i of chunk ch at s_f + ch * chunk_stride + 4 i.
-  LKCONV_SMEM_PTR(const float) s_row = s_src + static_cast<int64_t>(pl) * SR * SC +
-                                       (first_row - row0) * SC + first_col + ch_lo * kCols;
+  LKCONV_SMEM_PTR(const T) s_row = s_src + static_cast<int64_t>(pl) * SR * SC +
+                                   (first_row - row0) * SC + first_col + ch_lo * kCols;
   LKCONV_SMEM_PTR(const float) s_f = s_w + pl * taps + ch_lo * chunk_stride;
   // Steady steps: every output row has a filter row (i = t - r in [0, khc) for all r).
   const int steady_lo = max(t_lo, RY - 1), steady_hi = min(t_hi, khc);
@@ -216,10 +229,12 @@ struct Config {
   int threads() const { return lanes_x * tile_rows * planes; }
 };
 
-size_t smem_bytes(const Config& c, int khc, int kwc) {
+// Per plane: the filter (float) and the held source rows (in the input's type, `element_size` bytes).
+size_t smem_bytes(const Config& c, int khc, int kwc, int element_size) {
   const size_t kwp = (kwc + kCols - 1) / kCols * kCols;
   const size_t sc = c.lanes_x * kCols + kwp;
-  return sizeof(float) * static_cast<size_t>(c.planes) * (static_cast<size_t>(khc) * kwp + c.src_rows * sc);
+  return static_cast<size_t>(c.planes) *
+         (sizeof(float) * khc * kwp + static_cast<size_t>(element_size) * c.src_rows * sc);
 }
 
 // Source rows a block holds: the tile's rows with their halo, but never more than the map has.
@@ -232,8 +247,8 @@ int held_rows(const Config& c, int src_h, int khc) { return std::min(c.tile_rows
 // 224 threads (256 for channels_last) within 48 KiB of shared memory per block (so several blocks share an SM;
 // 96 KiB for channels_last). When even one plane does not fit the GPU's shared memory: fewer thread rows, then narrower tiles; false (and why) when the
 // smallest tile does not fit.
-bool choose_config(int src_h, int oh, int ow, int khc, int kwc, bool channels_last, size_t smem_limit,
-                   Config* out, std::string* why) {
+bool choose_config(int src_h, int oh, int ow, int khc, int kwc, bool channels_last, int element_size,
+                   size_t smem_limit, Config* out, std::string* why) {
   Config cfg;
   const int lanes_needed = ceil_div(ow, kCols);
   if (lanes_needed <= 32) {
@@ -253,7 +268,7 @@ bool choose_config(int src_h, int oh, int ow, int khc, int kwc, bool channels_la
   while (true) {
     cfg.src_rows = held_rows(cfg, src_h, khc);
     cfg.planes = 1;
-    cfg.smem = smem_bytes(cfg, khc, kwc);
+    cfg.smem = smem_bytes(cfg, khc, kwc, element_size);
     if (cfg.smem <= smem_limit) {
       const int per_plane = cfg.lanes_x * cfg.tile_rows;
       const size_t plane_bytes = cfg.smem;
@@ -265,7 +280,7 @@ bool choose_config(int src_h, int oh, int ow, int khc, int kwc, bool channels_la
         const double used = static_cast<double>(threads) / (ceil_div(threads, 32) * 32);
         if (used >= best) best = used, cfg.planes = planes;
       }
-      cfg.smem = smem_bytes(cfg, khc, kwc);
+      cfg.smem = smem_bytes(cfg, khc, kwc, element_size);
       *out = cfg;
       return true;
     }
@@ -322,7 +337,7 @@ static void useful_taps(int k, int src_len, int out_len, int offset, int* lo, in
 }
 
 TileConfig correlate_tile_config(int src_h, int src_w, int out_h, int out_w, int kh, int kw, int off_t, int off_l,
-                                 bool channels_last) {
+                                 bool channels_last, int element_size) {
   TileConfig out;
   int i_lo, i_hi, j_lo, j_hi;
   useful_taps(kh, src_h, out_h, off_t, &i_lo, &i_hi);
@@ -330,7 +345,7 @@ TileConfig correlate_tile_config(int src_h, int src_w, int out_h, int out_w, int
   if (i_hi < i_lo || j_hi < j_lo) return out;  // no kernel runs: the result is the bias
   Config cfg;
   out.khc = i_hi - i_lo + 1, out.kwc = j_hi - j_lo + 1;
-  if (choose_config(src_h, out_h, out_w, out.khc, out.kwc, channels_last,
+  if (choose_config(src_h, out_h, out_w, out.khc, out.kwc, channels_last, element_size,
                     current_device_limits().smem_per_block_optin, &cfg, &out.refusal)) {
     out.kernel = "correlate_kernel";
     out.a = cfg.lanes_x * kCols, out.b = cfg.ry, out.c = cfg.planes, out.d = cfg.tile_rows, out.smem = cfg.smem;
@@ -369,7 +384,9 @@ void correlate(const at::Tensor& src, const at::Tensor& weight, const at::Tensor
   const bool channels_last = src.stride(1) == 1 && src.size(1) > 1;
   Config cfg;
   std::string why;
-  TORCH_CHECK(choose_config(h, oh, ow, p.khc, p.kwc, channels_last, limits.smem_per_block_optin, &cfg, &why),
+  const int element_size = static_cast<int>(src.element_size());
+  TORCH_CHECK(choose_config(h, oh, ow, p.khc, p.kwc, channels_last, element_size, limits.smem_per_block_optin,
+                            &cfg, &why),
               "lkconv cuda: ", why);
   p.planes = cfg.planes, p.tile_rows = cfg.tile_rows, p.lanes_x = cfg.lanes_x, p.src_rows = cfg.src_rows;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

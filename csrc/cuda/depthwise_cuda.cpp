@@ -147,16 +147,19 @@ at::Tensor backward_weight(const at::Tensor& grad_out_, const at::Tensor& input_
 // The tile configuration of a pass of a (stride 1) call on this GPU, or why none fits: the launchers' own
 // choice, evaluated without launching, so the Python backend refuses what would fail mid-call.
 TileConfig tile_config(const std::string& pass, int64_t h, int64_t w, int64_t kh, int64_t kw,
-                       at::IntArrayRef padding, bool channels_last) {
+                       at::IntArrayRef padding, bool channels_last, int64_t element_size) {
+  TORCH_CHECK(element_size == 2 || element_size == 4, "lkconv cuda: element size ", element_size, " not 2 or 4");
   check_padding(padding);
   TORCH_CHECK(kh >= 1 && kw >= 1 && kh <= kMaxKernel && kw <= kMaxKernel, "lkconv cuda: kernel ", kh, "x", kw,
               " outside 1..", kMaxKernel);
   TORCH_CHECK(h >= 1 && w >= 1 && h < (1 << 30) && w < (1 << 30), "lkconv cuda: map size ", h, "x", w);
   const int64_t oh = out_len(h, kh, padding[0], padding[1]), ow = out_len(w, kw, padding[2], padding[3]);
   if (oh < 1 || ow < 1) return {};
-  if (pass == "forward") return correlate_tile_config(h, w, oh, ow, kh, kw, padding[0], padding[2], channels_last);
+  const int es = static_cast<int>(element_size);
+  if (pass == "forward")
+    return correlate_tile_config(h, w, oh, ow, kh, kw, padding[0], padding[2], channels_last, es);
   if (pass == "backward_input")
-    return correlate_tile_config(oh, ow, h, w, kh, kw, kh - 1 - padding[0], kw - 1 - padding[2], channels_last);
+    return correlate_tile_config(oh, ow, h, w, kh, kw, kh - 1 - padding[0], kw - 1 - padding[2], channels_last, es);
   // The batch is not known here: the tile assumes it has images enough (a smaller batch only shrinks the tile,
   // so a call that is not refused here runs).
   if (pass == "backward_weight")
@@ -165,9 +168,9 @@ TileConfig tile_config(const std::string& pass, int64_t h, int64_t w, int64_t kh
 }
 
 pybind11::dict tile_config_dict(const std::string& pass, int64_t h, int64_t w, int64_t kh, int64_t kw,
-                                at::IntArrayRef padding, bool channels_last) {
+                                at::IntArrayRef padding, bool channels_last, int64_t element_size) {
   namespace py = pybind11;
-  const TileConfig c = tile_config(pass, h, w, kh, kw, padding, channels_last);
+  const TileConfig c = tile_config(pass, h, w, kh, kw, padding, channels_last, element_size);
   py::dict d;
   d["kernel"] = c.kernel;
   d["refusal"] = c.refusal;
@@ -193,7 +196,7 @@ void bind(pybind11::module& m) {
   m.def("cuda_tile_config", &tile_config_dict,
         "the tile configuration a pass of a call gets on the current GPU, or why none fits (key 'refusal')",
         py::arg("pass_name"), py::arg("h"), py::arg("w"), py::arg("kh"), py::arg("kw"), py::arg("padding"),
-        py::arg("channels_last"));
+        py::arg("channels_last"), py::arg("element_size") = 4);
   m.def("cuda_build_info", [] {
     return std::string("CUDA ") + std::to_string(CUDA_VERSION / 1000) + "." + std::to_string(CUDA_VERSION % 1000 / 10);
   });

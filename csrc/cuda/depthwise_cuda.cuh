@@ -13,12 +13,14 @@
   ::lkemu::launcher(__VA_ARGS__, #__VA_ARGS__, grid, block, smem, stream)
 #define LKCONV_DYNAMIC_SMEM(T, name) const ::lkemu::SharedPtr<T> name = ::lkemu::dynamic_shared<T>()
 #define LKCONV_SMEM_PTR(T) ::lkemu::SharedPtr<T>
+#define LKCONV_SMEM_CAST(T, p) ::lkemu::SharedPtr<T>(reinterpret_cast<std::remove_const_t<T>*>((p).raw()))
 #define LKCONV_ON_DEVICE(t) ((t).is_cpu())
 #define LKCONV_DEVICE_KIND "CPU (CUDA emulation)"
 #else
 #define LKCONV_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
 #define LKCONV_DYNAMIC_SMEM(T, name) extern __shared__ T name[]
 #define LKCONV_SMEM_PTR(T) T*
+#define LKCONV_SMEM_CAST(T, p) reinterpret_cast<T*>(p)
 #define LKCONV_ON_DEVICE(t) ((t).is_cuda())
 #define LKCONV_DEVICE_KIND "CUDA"
 #endif
@@ -88,7 +90,7 @@ struct TileConfig {
   std::string refusal;
 };
 TileConfig correlate_tile_config(int src_h, int src_w, int out_h, int out_w, int kh, int kw, int off_t, int off_l,
-                                 bool channels_last);
+                                 bool channels_last, int element_size);
 TileConfig weight_grad_tile_config(int n, int h, int w, int oh, int ow, int kh, int kw, int pad_t, int pad_l);
 
 }  // namespace cuda

@@ -34,7 +34,8 @@ class CudaBackend(Backend):
             # The launchers' own tile choice, evaluated without launching: a call whose tiles do not fit this
             # GPU's shared memory is refused here (so the dispatcher picks another backend), not mid-call.
             config = self.module().cuda_tile_config(call.pass_name, call.h, call.w, call.kh, call.kw,
-                                                    list(call.padding), call.channels_last)
+                                                    list(call.padding), call.channels_last,
+                                                    2 if call.dtype.itemsize == 2 else 4)
             if config["refusal"]:
                 out.append(config["refusal"])
         return out
