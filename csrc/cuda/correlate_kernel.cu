@@ -67,6 +67,15 @@ __device__ __forceinline__ Float4 load4(LKCONV_SMEM_PTR(const T) p) {
   return Float4{static_cast<float>(q.v[0]), static_cast<float>(q.v[1]), static_cast<float>(q.v[2]),
                 static_cast<float>(q.v[3])};
 }
+#ifndef LKCONV_CUDA_EMULATION
+// bfloat16 is the top half of a float: one shift or mask per value, no byte permutes.
+template <>
+__device__ __forceinline__ Float4 load4<at::BFloat16>(const at::BFloat16* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                     __uint_as_float(u.y & 0xffff0000u));
+}
+#endif
 
 __host__ __device__ __forceinline__ int ceil_div(int a, int b) {  // b > 0, any sign of a
   return a >= 0 ? (a + b - 1) / b : -((-a) / b);
