@@ -44,17 +44,7 @@ __device__ __forceinline__ float to_float(T v) {
   return static_cast<float>(v);
 }
 
-#ifdef LKCONV_CUDA_EMULATION
-struct alignas(16) Float4 {
-  float x, y, z, w;
-};
-inline Float4 load4(::lkemu::SharedPtr<const float> p) {
-  return ::lkemu::SharedPtr<const Float4>(reinterpret_cast<Float4*>(p.raw()))[0];
-}
-#else
-using Float4 = float4;
-__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-#endif
+using ::lkconv::cuda::load4;  // the float overload (depthwise_cuda.cuh), beside the 16-bit one below
 
 // Four 16-bit source values (one 8-byte load), widened.
 template <typename T>

@@ -28,6 +28,22 @@
 namespace lkconv {
 namespace cuda {
 
+#if defined(__CUDACC__) || defined(LKCONV_CUDA_EMULATION)
+// Four floats from shared memory in one 16-byte load (LDS.128); `p` must be 16-byte aligned (the emulation
+// checks it). Device code only: the host-compiled launcher files do not see it.
+#ifdef LKCONV_CUDA_EMULATION
+struct alignas(16) Float4 {
+  float x, y, z, w;
+};
+inline Float4 load4(::lkemu::SharedPtr<const float> p) {
+  return ::lkemu::SharedPtr<const Float4>(reinterpret_cast<Float4*>(p.raw()))[0];
+}
+#else
+using Float4 = float4;
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+#endif
+#endif
+
 // A strided 4-D tensor view (N, C, H, W); int64 strides so that no offset can overflow.
 struct View4 {
   int64_t sn, sc, sh, sw;

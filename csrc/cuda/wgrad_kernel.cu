@@ -61,18 +61,6 @@ __device__ __forceinline__ float to_float(T v) {
   return static_cast<float>(v);
 }
 
-#ifdef LKCONV_CUDA_EMULATION
-struct alignas(16) Float4 {
-  float x, y, z, w;
-};
-inline Float4 load4(::lkemu::SharedPtr<const float> p) {
-  return ::lkemu::SharedPtr<const Float4>(reinterpret_cast<Float4*>(p.raw()))[0];
-}
-#else
-using Float4 = float4;
-__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-#endif
-
 // acc[a][b] += sum_{u < COLS} g[u] * x_a[u + b], x_a = the 12-wide window (v0, v1, v2) of tap row a.
 template <int COLS>
 __device__ __forceinline__ void column_step(float (&acc)[IY][JX], const Float4& g4, const Float4 (&v0)[IY],
