@@ -21,8 +21,8 @@
 //  - Tiles sized to the map: lanes_x threads of 4 columns and tile_rows threads of RY rows per plane, chosen by
 //    the launcher to cover the map with the least waste, and several planes per block for small maps.
 // Filters are held in shared memory as float; sources in the input's own type (16-bit inputs stay 16-bit: half
-// the shared memory, so twice the planes per SM; a chunk's 4 values are one LDS.64 and 4 conversions, against
-// 16 x RY FFMAs). Accumulation is fp32.
+// the bytes per held row, so up to twice the planes per SM; a chunk's 4 values are then one LDS.64 and 4
+// conversions, against 16 x RY FFMAs). Accumulation is fp32.
 //
 // Layouts: the loader walks the tile channel-fastest for channels_last tensors (so a block's `planes`
 // channels are read contiguously) and column-fastest otherwise; nothing is copied to another layout.
