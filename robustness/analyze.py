@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from . import analysis as A
 from .analysis.common import PixelSpaceModel, data_config
-from .arguments import (check_checkpoint, check_model_name, count, fraction_or_float, distributed_session,
-                        prepare_out, resolve_device, torch_distributed_rank, unit_interval)
+from .arguments import (check_checkpoint, check_model_name, count, distributed_session, fraction_or_float,
+                        named_path, prepare_out, resolve_device, torch_distributed_rank, unit_interval)
 from .data import SplitDataset, collate, find_splits
 from .runner import _atomic, _dist, _versions, remove_stale_temps, write_json
 
@@ -306,19 +306,13 @@ def analyze(cfg: AnalysisConfig, out: str, model: Optional[torch.nn.Module] = No
 
 
 # ---- the command line ------------------------------------------------------------------------------------------
-def val_data(value: str) -> str:
-    name, sep, root = value.partition("=")
-    if not sep or name != "imagenet-val":
-        raise argparse.ArgumentTypeError("--data expects imagenet-val=PATH (class folders of validation images)")
-    return root
-
-
 def add_arguments(a: argparse.ArgumentParser) -> None:
     """The `analyze` command's arguments (cli.py and reproduce.py build their parsers from this)."""
     a.add_argument("experiment", choices=list(EXPERIMENTS))
     a.add_argument("--model", required=True, help="any timm model name, lkconv's included")
     a.add_argument("--checkpoint", default=None)
-    a.add_argument("--data", type=val_data, default=None, metavar="imagenet-val=PATH")
+    a.add_argument("--data", type=named_path("imagenet-val", "class folders of validation images"), default=None,
+                   metavar="imagenet-val=PATH")
     a.add_argument("--out", required=True, help="results folder (the same tree as eval's)")
     a.add_argument("--limit", type=count(1), default=None, help="at most N images, taken across the classes")
     a.add_argument("--device", default=None)

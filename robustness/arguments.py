@@ -51,6 +51,18 @@ def unit_interval(value: str) -> float:
     return x
 
 
+def named_path(name: str, what: str) -> Callable[[str], str]:
+    """An argument type for `NAME=PATH` (e.g. --data imagenet=PATH): returns PATH, or a one-line error naming
+    the expected form and what the folder must hold."""
+    def parse(value: str) -> str:
+        given, sep, root = value.partition("=")
+        if not sep or given != name:
+            raise argparse.ArgumentTypeError(f"--data expects {name}=PATH ({what})")
+        return root
+
+    return parse
+
+
 def maybe_init_distributed() -> bool:
     """Join the torchrun job this process belongs to; True if this call started the process group."""
     import torch

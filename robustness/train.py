@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .arguments import (check_checkpoint, check_model_name, count, fraction_or_float, distributed_session,
-                        prepare_out, resolve_device, run_reporting_errors, torch_distributed_rank,
+from .arguments import (check_checkpoint, check_model_name, count, distributed_session, fraction_or_float,
+                        named_path, prepare_out, resolve_device, run_reporting_errors, torch_distributed_rank,
                         unit_interval)
 from .runner import _atomic, remove_stale_temps, write_json
 
@@ -594,17 +594,11 @@ def make_smoke_data(root: str, classes: int = 4, train_per_class: int = 16, val_
 
 
 # ---- the command line ------------------------------------------------------------------------------------------
-def imagenet_data(value: str) -> str:
-    name, sep, root = value.partition("=")
-    if not sep or name != "imagenet":
-        raise argparse.ArgumentTypeError("--data expects imagenet=PATH (a folder with train/ and val/ class folders)")
-    return root
-
-
 def add_arguments(t: argparse.ArgumentParser) -> None:
     """The `train` command's arguments."""
     t.add_argument("--model", default=None, help="any timm name (convnext_tiny_k31, replknet_31b, replknet_3b, ...)")
-    t.add_argument("--data", type=imagenet_data, default=None, metavar="imagenet=PATH")
+    t.add_argument("--data", type=named_path("imagenet", "a folder with train/ and val/ class folders"),
+                   default=None, metavar="imagenet=PATH")
     t.add_argument("--out", required=True, help="run folder: checkpoints, weights, metrics")
     t.add_argument("--preset", default=None, help="recipe from robustness/presets.toml (default convnext-ablation)")
     t.add_argument("--kernel-size", type=count(1), default=None, help="every large depthwise kernel at this size")
