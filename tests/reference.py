@@ -26,6 +26,14 @@ def assert_within_torch_error(ours: torch.Tensor, theirs: torch.Tensor, ref: tor
         f"{what}: error {e_ours:.3g} > 2 x PyTorch's {e_theirs:.3g} + {floor:.3g}")
 
 
+def round_to_tf32(t: torch.Tensor) -> torch.Tensor:
+    """float32 rounded to TF32's 10-bit mantissa (to nearest, ties away from zero, as the tensor cores' operand
+    conversion): PyTorch at this precision is the reference error of a TF32 computation."""
+    assert t.dtype == torch.float32
+    bits = t.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32).reshape(t.shape)
+
+
 def unfold_conv(x, w, b, stride=1, padding=0, dilation=1):
     """Depthwise conv (stride/dilation 1) as explicit patches and a sum: slow, but made of plain indexing and
     reductions, so its autograd is robust where PyTorch's conv backward is not (torch 2.14's CPU backward

@@ -6,12 +6,15 @@ import torch
 import torch.nn.functional as F
 
 import lkconv
-from cases import cases, make_inputs
+from cases import Case, cases, make_inputs
 from conftest import backend_available
-from reference import assert_within_torch_error, conv_with_grads, unfold_conv
+from reference import assert_within_torch_error, conv_with_grads, round_to_tf32, unfold_conv
 
 
-def run_case(case, backend, dtype, device="cpu"):
+def run_case(case, backend, dtype, device="cpu", tf32=False, nchw_reference=False):
+    """tf32: the backend computes float32 as TF32 (opt-in), so PyTorch's own error is taken on TF32-rounded
+    operands. nchw_reference: PyTorch's own error from its NCHW path (its 16-bit channels_last CPU backward takes
+    minutes at some long-kernel shapes)."""
     if not backend_available(backend):
         pytest.skip(f"backend {backend} unavailable: {lkconv.available_backends()[backend]}")
     x64, x = make_inputs(case, dtype, device)
@@ -21,7 +24,12 @@ def run_case(case, backend, dtype, device="cpu"):
     g = torch.randn_like(y64, dtype=torch.float32).to(dtype)
     ref = conv_with_grads(x64, w.double(), None if b is None else b.double(), g.double(), padding=case.padding,
                           fn=unfold_conv)
-    theirs = conv_with_grads(x, w, b, g, padding=case.padding)
+    x_ref, g_ref = (x.contiguous(), g.contiguous()) if nchw_reference else (x, g)
+    if tf32:
+        theirs = conv_with_grads(round_to_tf32(x_ref), round_to_tf32(w), b, round_to_tf32(g_ref),
+                                 padding=case.padding)
+    else:
+        theirs = conv_with_grads(x_ref, w, b, g_ref, padding=case.padding)
     with lkconv.use_backend(backend):
         ours = conv_with_grads(x, w, b, g, padding=case.padding,
                                fn=lambda *a: lkconv.depthwise_conv2d(*a))
@@ -74,6 +82,77 @@ def test_triton_float32(case):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_triton_half_types(case, dtype):
     run_case(case, "triton", dtype)
+
+
+# The tensor-core kernels (Toeplitz/Hankel GEMMs on tl.dot) under the interpreter: every kernel family at 16 bits,
+# plus the long sums of k = 51 and 63 (one case each), and float32 as TF32 once the user opts in.
+TENSORCORE_CASES = cases(per_kernel=1, max_channels=3, max_map=16)
+LONG_KERNEL_CASES = [Case(2, 2, 24, 32, 51, 51, "nchw", "same", True),  # 16-byte aligned rows: vector loads
+                     Case(1, 2, 20, 40, 63, 63, "nchw", "same", False),
+                     Case(1, 1, 16, 13, 63, 63, "channels_last", (31, 30), True),
+                     Case(2, 1, 24, 16, 63, 5, "permuted", "same", False)]  # tall: the transposed launch
+
+
+@pytest.mark.parametrize("case", TENSORCORE_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_tensorcore_half_types(case, dtype):
+    run_case(case, "tensorcore", dtype, nchw_reference=True)
+
+
+@pytest.mark.parametrize("case", LONG_KERNEL_CASES, ids=lambda c: c.id)
+def test_tensorcore_long_kernels(case):
+    run_case(case, "tensorcore", torch.bfloat16, nchw_reference=True)
+
+
+@pytest.fixture
+def tf32_opt_in():
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("case", TRITON_CASES[::3], ids=lambda c: c.id)
+def test_tensorcore_tf32_opt_in(case, tf32_opt_in):
+    run_case(case, "tensorcore", torch.float32, tf32=True, nchw_reference=True)
+
+
+def test_tensorcore_refuses_float32_without_opt_in():
+    if not backend_available("tensorcore"):
+        pytest.skip("tensorcore backend unavailable")
+    assert torch.get_float32_matmul_precision() == "highest"
+    x, w = torch.randn(1, 2, 8, 8), torch.randn(2, 1, 5, 5)
+    with lkconv.use_backend("tensorcore"), pytest.raises(lkconv.BackendNotSupportedError, match="TF32"):
+        lkconv.depthwise_conv2d(x, w, padding=2)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's own 0 * inf
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_tensorcore_non_finite_inputs_stay_local(dtype):
+    """A Toeplitz product multiplies every input column by the band's zeros too; an Inf pixel must still reach
+    only the outputs (and, backward, the taps) that read it: the tiles that go non-finite are recomputed."""
+    if not backend_available("tensorcore"):
+        pytest.skip("tensorcore backend unavailable")
+    x = torch.randn(1, 2, 12, 20, dtype=dtype)
+    x[0, 0, 3, 4] = float("inf")
+    w = (torch.rand(2, 1, 5, 7) + 0.1).to(dtype)
+    x64 = x.double().requires_grad_()
+    ref = F.conv2d(x64, w.double(), None, 1, (2, 3), 1, 2)
+    xr = x.clone().requires_grad_()
+    wr = w.clone().requires_grad_()
+    with lkconv.use_backend("tensorcore"):
+        ours = lkconv.depthwise_conv2d(xr, wr, padding=(2, 3))
+        g = torch.ones_like(ours)
+        g[0, 1, 5, 5] = float("inf")  # a non-finite output gradient too (handled by the op layer)
+        ours.backward(g)
+    assert torch.equal(torch.isfinite(ours), torch.isfinite(ref))
+    assert not torch.isfinite(ours).all() and torch.isfinite(ours[0, 1]).all()
+    ref.backward(g.double())
+    w64 = w.double().requires_grad_()  # exact products only (unfold): the rule's weight gradient
+    ref_w = torch.autograd.grad(unfold_conv(x.double(), w64, None, padding=(2, 3)), w64, g.double())[0]
+    assert torch.equal(torch.isfinite(xr.grad), torch.isfinite(x64.grad))
+    assert torch.equal(torch.isfinite(wr.grad), torch.isfinite(ref_w))
+    assert not torch.isfinite(wr.grad).all()
 
 
 def test_gradcheck_float64_cpu_kernels():

@@ -13,7 +13,7 @@ from lkconv.geometry import describe
 
 def test_available_backends_names_and_reasons():
     backends = lkconv.available_backends()
-    assert set(backends) == {"cpu", "cuda", "triton", "torch", "cuda_emu"}
+    assert set(backends) == {"cpu", "cuda", "tensorcore", "triton", "torch", "cuda_emu"}
     assert backends["torch"] == "available"
     assert backends["cpu"] == "available"  # the extension is built by the README's install
     if not torch.cuda.is_available():
@@ -32,7 +32,7 @@ def test_explain_names_the_choice_and_every_refusal():
     text = lkconv.explain(x, w, stride=2, padding=3)
     assert "runs on: forward -> torch, backward_input -> torch, backward_weight -> torch" in text
     assert "stride" in text  # why cpu refused
-    for name in ("cpu", "cuda", "triton"):
+    for name in ("cpu", "cuda", "tensorcore", "triton"):
         assert f"  forward {name}:" in text
     text = lkconv.explain(x, w, padding=3)
     assert "runs on: forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in text

@@ -15,6 +15,7 @@ from reference import assert_within_torch_error, conv_with_grads, unfold_conv
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TARGETS = [pytest.param("cuda", marks=pytest.mark.gpu, id="cuda"),
            pytest.param("triton", marks=pytest.mark.gpu, id="triton"),
+           pytest.param("tensorcore", marks=pytest.mark.gpu, id="tensorcore"),
            pytest.param("cuda_emu", id="cuda_emu")]
 
 
@@ -27,6 +28,9 @@ def target(request):
         return backend, "cpu"
     if not backend_available(backend):
         pytest.skip(f"{backend}: {lkconv.available_backends()[backend]}")
+    if backend == "tensorcore" and getattr(request.node, "callspec", None) and \
+            request.node.callspec.params.get("dtype") == torch.float32:
+        pytest.skip("tensorcore: float32 only as opted-in TF32, held to TF32's error in test_correctness")
     return backend, "cuda"
 
 
@@ -146,7 +150,7 @@ def test_many_images(target):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("backend", ["cuda", "triton", "tensorcore"])
 def test_more_than_2_31_elements(backend):
     """A > 2^31-element input is either computed correctly (int64 offsets) or refused with a clear error."""
     if not backend_available(backend):

@@ -1,0 +1,40 @@
+"""The tensor-core kernels (lkconv/tensorcore_kernels.py, Triton `tl.dot`): float16/bfloat16, and float32 as TF32
+when the user opts in. CUDA devices, or CPU tensors under TRITON_INTERPRET=1 (tests)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import common_refusals
+from .triton_backend import TritonBackend, _interpreting
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TF32_OPT_IN = ("float32 runs on tensor cores only as TF32, which the user opts in to as for matmuls: "
+               "torch.set_float32_matmul_precision('high') (with torch.backends.cudnn.allow_tf32 left True)")
+
+
+class TensorCoreBackend(TritonBackend):
+    name = "tensorcore"
+
+    def _load(self):
+        if self._kernels is None and self._import_error is None:
+            try:
+                from .. import tensorcore_kernels
+
+                self._kernels = tensorcore_kernels
+            except ImportError as exc:
+                self._import_error = f"triton is not importable ({exc})"
+        return self._kernels
+
+    def refusals(self, call):
+        devices = ("cuda", "cpu") if _interpreting() else ("cuda",)
+        out = common_refusals(call, devices, DTYPES, self._load().MAX_KERNEL if self._load() else None)
+        if call.dtype == torch.float32 and not self._load().tf32_allowed():
+            out.append(TF32_OPT_IN)
+        if call.c * max(call.h * call.w, call.out_h * call.out_w) >= 2**31:
+            out.append("an image of 2^31 or more elements (the kernels index within an image in 32 bits)")
+        if call.device.type == "cuda" and torch.cuda.is_available():
+            major, _ = torch.cuda.get_device_capability(call.device)
+            if major < 8:
+                out.append("needs a GPU with bf16/tf32 tensor cores (compute capability 8.0 or newer)")
+        return out

@@ -1,0 +1,366 @@
+"""Depthwise convolution on tensor cores (Triton `tl.dot`): forward, backward-input and weight gradient as small
+GEMMs, for float16/bfloat16 (float32 through TF32 when the user opts in). fp32 accumulation throughout.
+
+Design (the arithmetic that sizes the tiles; every figure is per SM of an H100, sm_90)
+---------------------------------------------------------------------------------------
+Forward / backward-input (Toeplitz along the width). For channel c, filter row i, output rows [y0, y0+BM) and
+output columns [x0, x0+BN):
+
+    out[y0:y0+BM, x0:x0+BN] += in_pad[y0+i : y0+i+BM, x0 : x0+K] @ T_i,   T_i[a, b] = w[c, i, a - b]
+                                                                          (0 <= a - b < kw, else 0)
+
+with K = BN + kw - 1 rounded up to the MMA's k (16), walked in steps of 16 columns. A is a plain slice of the
+input plane (rows x columns); T_i is a band of the filter row, gathered from the (cached) filter. Backward-input
+is the same with the filter turned by 180 degrees. Costs per 16-column step: 2*BM*16*BN MMA FLOPs, BM*16 A
+elements and 16*BN T elements loaded (through L1) and staged in shared memory for the MMA.
+  - Useful fraction of the MMA work: kw / K. At kw=31: BN=16 -> 31/48 = 65%, BN=32 -> 31/64 = 48%, BN=64 ->
+    31/96 = 32%. Narrow chunks waste less, but every A byte then feeds fewer FLOPs: the A operand is read from
+    shared memory at 2*BN FLOPs per element (wgmma/ldmatrix), and shared memory moves 128 B/clk, so BN=16
+    supplies at most ~2048 FLOP/clk against the tensor cores' ~3800 (dense bf16). BN=32 balances the two;
+    which wins at a shape is left to the autotuner and predicted by `python -m bench.sass`, which reports the
+    issue, MMA and shared-memory bounds of every config.
+  - Steps whose 16 source columns are all padding, and filter rows whose source rows are all padding for the
+    tile, are skipped (per program, so the skip is uniform); padding inside a step is multiplied as zeros.
+Weight gradient (Hankel). dW[c, i, j] = sum over (n, sy, ox) of g[n, c, sy + pt - i, ox] * x[n, c, sy, ox + j - pl]:
+a GEMM with M = tap rows (a block of BI), N = tap columns (BJ), K = (real input row, output column) walked in
+steps of BX output columns. A = g rows in reverse order (one output row per tap row), B = a sliding-window
+(Hankel) view of one input row. 31x31 of a 32x32 tile is useful; K splits into fixed ranges whose partial sums
+are added in a fixed order afterwards (deterministic, no atomics).
+
+Non-finite values. A Toeplitz/Hankel product multiplies real pixels by the structural zeros of the band (and
+masked-out positions by real pixels), so an Inf or NaN *input* would leak into outputs that never read it
+(0 * Inf = NaN). The op layer already zeroes non-finite weights and output gradients (nonfinite.py); for the
+rest, each program checks its fp32 result once, after the loop, and only when it is not all finite recomputes
+its tile directly, tap by tap, with exactly the products the convolution has. Finite data never pays for it.
+
+Layouts: tensors are addressed through their strides, so channels_last works; its loads along a row are C
+elements apart (uncoalesced), so the NCHW layout is the fast one for this backend.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .geometry import ConvCall
+from .triton_kernels import _useful_taps
+
+#: Longest filter side: the K walk of the forward covers BN + kw - 1 source columns per tile.
+MAX_KERNEL = 127
+BLOCK_K = 16  # the MMA's k for 16-bit operands
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+#: (BLOCK_M output rows, BLOCK_N output columns) of the forward/backward-input; (BLOCK_I, BLOCK_J, BLOCK_X) of the
+#: weight gradient. The first entry is the one the interpreter runs.
+CORRELATE_BLOCKS = [(64, 32), (64, 16), (32, 32), (128, 32), (64, 64), (16, 32)]
+WGRAD_BLOCKS = [(32, 32, 16), (32, 32, 32), (16, 32, 32), (64, 64, 16)]
+
+
+def _configs(names, blocks, warps=(4, 8)):
+    if _INTERPRET:
+        return [triton.Config(dict(zip(names, blocks[0])), num_warps=1)]
+    return [triton.Config(dict(zip(names, b)), num_warps=w) for b in blocks for w in warps]
+
+
+@triton.jit
+def _direct_tile(base, wc, oy, ox, real, H, W, s_sh, s_sw, KHC, KWC, OFF_T, OFF_L,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # The correlation of one tile, tap by tap on the CUDA cores: the exact products (padding is never
+    # multiplied), for tiles whose tensor-core result is not finite. `wc`: the channel's (KHC, KWC) taps.
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for i in range(KHC):
+        sy = oy + i - OFF_T
+        row_ok = real & (sy >= 0) & (sy < H)
+        for j in range(KWC):
+            sx = ox + j - OFF_L
+            v = tl.load(base + sy.to(tl.int64) * s_sh + sx.to(tl.int64) * s_sw,
+                        mask=row_ok & (sx >= 0) & (sx < W), other=0.0)
+            acc += v.to(tl.float32) * tl.load(wc + i * KWC + j).to(tl.float32)
+    return acc
+
+
+@triton.jit
+def _mma(a, b, acc, TF32: tl.constexpr, UPCAST: tl.constexpr):
+    # acc += a @ b on the tensor cores: 16-bit operands as they are, float32 as TF32 (opt-in). UPCAST: the
+    # interpreter's dot mishandles bfloat16 operands (Triton 3.8), so it gets them widened to float32, which is
+    # the same arithmetic (bf16 x bf16 products are exact in fp32, accumulation is fp32 either way).
+    if UPCAST:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    elif TF32:
+        acc = tl.dot(a, b, acc, input_precision="tf32")
+    else:
+        acc = tl.dot(a, b.to(a.dtype), acc)
+    return acc
+
+
+@triton.autotune(configs=_configs(("BLOCK_M", "BLOCK_N"), CORRELATE_BLOCKS),
+                 key=["N", "C", "H", "W", "OH", "OW", "KHC", "KWC", "OFF_T", "OFF_L", "ALIGN", "TF32"])
+@triton.jit
+def _toeplitz_correlate_kernel(src, w, band, bias, out, N, C, H, W, OH, OW,
+                               s_sn, s_sc, s_sh, s_sw, o_sn, o_sc, o_sh, o_sw,
+                               KHC, KWC, OFF_T, OFF_L, SHIFT, BAND_Q, BAND_L,
+                               HAS_BIAS: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
+                               ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # One program: BLOCK_M output rows of channel c, counted over the whole batch (row m is image m // OH, row
+    # m % OH: a small map's images share a tile, as they share the channel's T), times BLOCK_N output columns.
+    # `w`: the taps that can touch the map, (C, KHC, KWC) contiguous, already turned for backward-input;
+    # `band`: the same taps laid out so that every T_i of every step is a block of aligned rows (_band_table).
+    # ALIGN: the rows of `src` start on ALIGN-element boundaries (16 bytes at most) and the map width is a
+    # multiple of it; the window then starts SHIFT columns left of the first tap's, on such a boundary, so the A
+    # loads are vector loads.
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    c = tl.program_id(1).to(tl.int64)
+    x0 = tl.program_id(2) * BLOCK_N
+    img = m // OH
+    oy = m - img * OH
+    real = img < N
+    ox = x0 + tl.arange(0, BLOCK_N)
+    ka = tl.arange(0, 16)
+    # The host guarantees these multiples of ALIGN; `// ALIGN * ALIGN` says so to Triton's alignment analysis
+    # (tl.multiple_of cannot mark a scalar argument) at the cost of a few instructions outside the loops.
+    s_sh = s_sh // ALIGN * ALIGN
+    W = W // ALIGN * ALIGN
+    base = src + (img.to(tl.int64) * s_sn + c * s_sc) // ALIGN * ALIGN  # each row's plane
+    wc = w + c * KHC * KWC
+    # Filter rows whose source rows meet the map for some row of the tile, and 16-column steps of the window
+    # (source columns col0 + [0, BN + KWC - 1 + SHIFT)) that touch it: the rest reads padding only.
+    y_lo = tl.min(tl.where(real, oy, OH))
+    y_hi = tl.max(tl.where(real, oy, 0))
+    i_lo = tl.maximum(0, OFF_T - y_hi)
+    i_hi = tl.minimum(KHC, H + OFF_T - y_lo)
+    col0 = x0 - (OFF_L + SHIFT) // ALIGN * ALIGN
+    kb_lo = tl.maximum(0, -col0) // 16
+    kb_hi = tl.minimum(tl.cdiv(tl.minimum(BLOCK_N, OW - x0) + KWC - 1 + SHIFT, 16), tl.cdiv(W - col0, 16))
+    # T of filter row i at step kb: rows (c, i, a) of the band table, columns BAND_Q - 16 kb + [0, BN).
+    BAND_L = BAND_L // 16 * 16
+    band_rows = band + (c * KHC * 16 + ka[:, None]) * BAND_L + BAND_Q // 16 * 16 + tl.arange(0, BLOCK_N)[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for i in range(i_lo, i_hi):
+        sy = oy + i - OFF_T
+        row_ok = real & (sy >= 0) & (sy < H)
+        rows = base + sy * s_sh
+        t_rows = band_rows + i * 16 * BAND_L
+        for kb in range(kb_lo, kb_hi):
+            sx = col0 + kb * 16 + ka
+            a = tl.load(rows[:, None] + (sx * s_sw)[None, :], mask=row_ok[:, None] & ((sx >= 0) & (sx < W))[None, :],
+                        other=0.0)
+            acc = _mma(a, tl.load(t_rows - kb * 16), acc, TF32, UPCAST)
+    finite = (acc == acc) & (tl.abs(acc) < float("inf"))
+    if tl.min(finite.to(tl.int32)) == 0:
+        acc = _direct_tile(base[:, None], wc, oy[:, None], ox[None, :], real[:, None], H, W, s_sh, s_sw, KHC, KWC,
+                           OFF_T, OFF_L, BLOCK_M, BLOCK_N)
+    if HAS_BIAS:
+        acc += tl.load(bias + c).to(tl.float32)
+    dst = (out + (img.to(tl.int64) * o_sn + c * o_sc + oy * o_sh)[:, None] + ox.to(tl.int64)[None, :] * o_sw)
+    tl.store(dst, acc.to(out.dtype.element_ty), mask=real[:, None] & (ox < OW)[None, :])
+
+
+@triton.autotune(configs=_configs(("BLOCK_I", "BLOCK_J", "BLOCK_X"), WGRAD_BLOCKS),
+                 key=["C", "H", "W", "OH", "OW", "KHC", "KWC", "SPLITS", "ALIGN", "TF32"])
+@triton.jit
+def _hankel_wgrad_kernel(x, g, partial, N, C, H, W, OH, OW,
+                         x_sn, x_sc, x_sh, x_sw, g_sn, g_sc, g_sh, g_sw,
+                         KI0, KJ0, KHC, KWC, PAD_T, PAD_L, SPLITS,
+                         TF32: tl.constexpr, UPCAST: tl.constexpr, ALIGN: tl.constexpr,
+                         BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_X: tl.constexpr):
+    # One program: a BLOCK_I x BLOCK_J block of channel c's (cropped) taps over a fixed range of the real input
+    # rows (n, sy) of the batch. `x` is the input padded along the width by the convolution's own padding
+    # (OW + KW - 1 columns), so the B loads (a sliding window of an input row, one column further per tap: they
+    # cannot be vector loads) need no bounds test per element. ALIGN: the rows of `g` start on ALIGN-element
+    # boundaries and OW is a multiple of it, so the A loads (output-gradient rows, from an aligned column on) are
+    # vector loads.
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    I_BLOCKS = tl.cdiv(KHC, BLOCK_I)
+    J_BLOCKS = tl.cdiv(KWC, BLOCK_J)
+    c = pid // (I_BLOCKS * J_BLOCKS)
+    ib = (pid // J_BLOCKS) % I_BLOCKS
+    jb = pid % J_BLOCKS
+    ii = ib * BLOCK_I + tl.arange(0, BLOCK_I)
+    jj = jb * BLOCK_J + tl.arange(0, BLOCK_J)
+    xs = tl.arange(0, BLOCK_X)
+    rows = N * H
+    chunk = tl.cdiv(rows, SPLITS)
+    r0 = split * chunk
+    r1 = tl.minimum(r0 + chunk, rows)
+    xc = x + c.to(tl.int64) * x_sc
+    gc = g + (c.to(tl.int64) * g_sc) // ALIGN * ALIGN
+    shift = KJ0 + jj  # padded input column = output column + shift
+    tap_ok = jj < KWC
+    # Output columns whose input columns meet the map for some tap of the block.
+    x_lo = tl.maximum(0, PAD_L - KJ0 - jb * BLOCK_J - (BLOCK_J - 1))
+    x_hi = tl.minimum(OW, W + PAD_L - KJ0 - jb * BLOCK_J)
+    g_sh_a = g_sh // ALIGN * ALIGN  # multiples of ALIGN (the host checked), said so to the alignment analysis
+    g_sn_a = g_sn // ALIGN * ALIGN
+    ow_a = OW // ALIGN * ALIGN
+    acc = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
+    for r in range(r0, r1):
+        n = r // H
+        sy = r - n * H
+        oy = sy + PAD_T - KI0 - ii  # the output row that meets input row sy through tap row ii
+        oy_top = sy + PAD_T - KI0 - ib * BLOCK_I
+        if (oy_top >= 0) & (oy_top - (BLOCK_I - 1) < OH):
+            oy_ok = (oy >= 0) & (oy < OH) & (ii < KHC)
+            g_rows = gc + n.to(tl.int64) * g_sn_a + oy.to(tl.int64) * g_sh_a
+            x_row = xc + n.to(tl.int64) * x_sn + sy.to(tl.int64) * x_sh
+            # From an aligned column: the extra columns before x_lo and after x_hi meet only masked-out inputs.
+            for x0 in range(x_lo // ALIGN * ALIGN, x_hi, BLOCK_X):
+                ox = x0 + xs
+                o_ok = ox < ow_a
+                a = tl.load(g_rows[:, None] + (ox * g_sw)[None, :], mask=oy_ok[:, None] & o_ok[None, :], other=0.0)
+                b = tl.load(x_row + (ox[:, None] + shift[None, :]) * x_sw, mask=o_ok[:, None] & tap_ok[None, :],
+                            other=0.0)
+                acc = _mma(a, b, acc, TF32, UPCAST)
+    finite = (acc == acc) & (tl.abs(acc) < float("inf"))
+    if tl.min(finite.to(tl.int32)) == 0:
+        # Exact products only (a non-finite input pixel met a masked-out position in the GEMM): recompute.
+        acc = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
+        for r in range(r0, r1):
+            n = r // H
+            sy = r - n * H
+            oy = sy + PAD_T - KI0 - ii
+            oy_ok = (oy >= 0) & (oy < OH) & (ii < KHC)
+            g_rows = gc + n.to(tl.int64) * g_sn + oy.to(tl.int64) * g_sh
+            x_row = xc + n.to(tl.int64) * x_sn + sy.to(tl.int64) * x_sh
+            for x0 in range(x_lo, x_hi, BLOCK_X):
+                ox = x0 + xs
+                o_ok = ox < x_hi
+                a = tl.load(g_rows[:, None] + (ox * g_sw)[None, :], mask=oy_ok[:, None] & o_ok[None, :], other=0.0)
+                x_ok = o_ok[:, None] & tap_ok[None, :]
+                b = tl.load(x_row + (ox[:, None] + shift[None, :]) * x_sw, mask=x_ok, other=0.0)
+                real = (oy_ok[:, None] & o_ok[None, :])[:, :, None] & x_ok[None, :, :]
+                prod = a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :]
+                acc += tl.sum(tl.where(real, prod, 0.0), axis=1)
+    dst = partial + ((split * C + c) * KHC + ii[:, None]) * KWC + jj[None, :]
+    tl.store(dst, acc, mask=(ii < KHC)[:, None] & (jj < KWC)[None, :])
+
+
+def tf32_allowed() -> bool:
+    """Whether float32 may run on tensor cores as TF32: the user opted in the way PyTorch users do
+    (`torch.set_float32_matmul_precision("high")` or "medium") and has not switched TF32 off for convolutions
+    (`torch.backends.cudnn.allow_tf32 = False`)."""
+    return torch.get_float32_matmul_precision() != "highest" and torch.backends.cudnn.allow_tf32
+
+
+def _upcast(t: torch.Tensor) -> bool:
+    return _INTERPRET and t.dtype == torch.bfloat16
+
+
+def alignment_for(width: int, strides, element_size: int) -> int:
+    """The largest ALIGN (elements, at most 16 bytes) dividing the row width and the strides: every row then
+    starts on an ALIGN boundary and a row's 16-column steps load as vectors."""
+    align = 1
+    while align * 2 * element_size <= 16 and all(v % (align * 2) == 0 for v in (*strides, width)):
+        align *= 2
+    return align
+
+
+def _alignment(t: torch.Tensor, width: int) -> int:
+    # channels_last: a row's elements are C apart, no vectors. Triton assumes a pointer 16-byte aligned only
+    # when it is.
+    if t.stride(3) != 1 or t.data_ptr() % 16:
+        return 1
+    return alignment_for(width, t.stride()[:3], t.element_size())
+
+
+def _band_table(taps: torch.Tensor, shift: int):
+    """The Toeplitz bands of every filter row as aligned rows: (table, Q) with table (C, KHC, 16, L) such that
+    T_i at step kb, T[a, b] = taps[c, i, 16 kb + a - b - shift] (0 outside the row), is
+    table[c, i, a, Q - 16 kb + b] for b < BN. One gather per call (about 16 x (Q + 64) / KWC times the taps'
+    size); it turns the band loads of the hot loop into plain vector loads, like the input's."""
+    c, khc, kwc = taps.shape
+    steps = triton.cdiv(max(n for _, n in CORRELATE_BLOCKS) + kwc - 1 + shift, 16)
+    q = (steps - 1) * 16
+    length = triton.cdiv(q + max(n for _, n in CORRELATE_BLOCKS), 16) * 16
+    tap = (torch.arange(16, device=taps.device)[:, None] + q + -shift
+           - torch.arange(length, device=taps.device)[None, :])
+    inside = (tap >= 0) & (tap < kwc)
+    table = torch.where(inside, taps[:, :, tap.clamp(0, kwc - 1)], torch.zeros((), dtype=taps.dtype,
+                                                                                device=taps.device))
+    return table.contiguous(), q
+
+
+def _correlate(src, weight, bias, out, off_t: int, off_l: int, flip: bool):
+    kh, kw = weight.shape[2:]
+    if kh > kw:
+        # A tall filter (51x5): the Toeplitz band goes along its long side, by running the transposed problem
+        # (every tensor is addressed through its strides, so the transpose is free; the input's loads are then
+        # strided instead of vectors, a good trade when the band would otherwise be mostly zeros).
+        _correlate_rows(src.transpose(2, 3), weight.transpose(2, 3), bias, out.transpose(2, 3), off_l, off_t, flip)
+    else:
+        _correlate_rows(src, weight, bias, out, off_t, off_l, flip)
+    return out
+
+
+def _correlate_rows(src, weight, bias, out, off_t: int, off_l: int, flip: bool):
+    n, c, h, w = src.shape
+    oh, ow = out.shape[2:]
+    kh, kw = weight.shape[2:]
+    i0, i1 = _useful_taps(kh, h, oh, off_t)
+    j0, j1 = _useful_taps(kw, w, ow, off_l)
+    if i1 < i0 or j1 < j0:  # every tap reads padding only
+        out.copy_(bias.view(1, -1, 1, 1).expand_as(out) if bias is not None else torch.zeros_like(out))
+        return
+    # The taps that can touch the map, turned for backward-input, contiguous: the band loads index it directly.
+    taps = (weight.flip(2, 3) if flip else weight)[:, 0, i0:i1 + 1, j0:j1 + 1].to(src.dtype).contiguous()
+    align = _alignment(src, w)
+    off_l -= j0
+    shift = (-off_l) % align
+    band, band_q = _band_table(taps, shift)
+
+    def grid(meta):
+        return (triton.cdiv(n * oh, meta["BLOCK_M"]), c, triton.cdiv(ow, meta["BLOCK_N"]))
+
+    _toeplitz_correlate_kernel[grid](
+        src, taps, band, bias if bias is not None else taps, out, n, c, h, w, oh, ow, *src.stride(), *out.stride(),
+        i1 - i0 + 1, j1 - j0 + 1, off_t - i0, off_l, shift, band_q, band.shape[-1], HAS_BIAS=bias is not None,
+        TF32=src.dtype == torch.float32, UPCAST=_upcast(src), ALIGN=align)
+
+
+def _like(call: ConvCall, h: int, w: int, t: torch.Tensor) -> torch.Tensor:
+    fmt = torch.channels_last if call.channels_last else torch.contiguous_format
+    return torch.empty((call.n, call.c, h, w), dtype=t.dtype, device=t.device, memory_format=fmt)
+
+
+def forward(input, weight, bias, call: ConvCall):
+    out = _like(call, call.out_h, call.out_w, input)
+    return _correlate(input, weight, bias, out, call.padding[0], call.padding[2], flip=False)
+
+
+def backward_input(grad_out, weight, call: ConvCall):
+    grad_in = _like(call, call.h, call.w, grad_out)
+    return _correlate(grad_out, weight, None, grad_in, call.kh - 1 - call.padding[0], call.kw - 1 - call.padding[2],
+                      flip=True)
+
+
+def wgrad_splits(c: int, khc: int, kwc: int, rows: int, block_i: int = 32, block_j: int = 32) -> int:
+    """K splits of the weight gradient: enough programs for a large GPU, a function of the shape only (the
+    fixed-order sum of the partials then makes the result reproducible)."""
+    programs = c * triton.cdiv(khc, block_i) * triton.cdiv(kwc, block_j)
+    return max(1, min(rows, triton.cdiv(1024, programs)))
+
+
+def backward_weight(grad_out, input, call: ConvCall):
+    grad_w = torch.zeros((call.c, 1, call.kh, call.kw), dtype=input.dtype, device=input.device)
+    i0, i1 = _useful_taps(call.kh, call.h, call.out_h, call.padding[0])
+    j0, j1 = _useful_taps(call.kw, call.w, call.out_w, call.padding[2])
+    if i1 < i0 or j1 < j0:
+        return grad_w
+    khc, kwc = i1 - i0 + 1, j1 - j0 + 1
+    splits = wgrad_splits(call.c, khc, kwc, call.n * call.h)
+    partial = torch.empty((splits, call.c, khc, kwc), dtype=torch.float32, device=input.device)
+
+    def grid(meta):
+        return (call.c * triton.cdiv(khc, meta["BLOCK_I"]) * triton.cdiv(kwc, meta["BLOCK_J"]), splits)
+
+    # Padded along the width only (the kernel walks real input rows): no bounds test per B element.
+    padded = torch.nn.functional.pad(input, (call.padding[2], call.padding[3]))
+    _hankel_wgrad_kernel[grid](padded, grad_out, partial, call.n, call.c, call.h, call.w, call.out_h, call.out_w,
+                               *padded.stride(), *grad_out.stride(), i0, j0, khc, kwc, call.padding[0],
+                               call.padding[2], splits, TF32=input.dtype == torch.float32,
+                               UPCAST=_upcast(input), ALIGN=_alignment(grad_out, call.out_w))
+    grad_w[:, 0, i0:i1 + 1, j0:j1 + 1] = partial.sum(dim=0).to(input.dtype)
+    return grad_w
