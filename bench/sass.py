@@ -60,7 +60,6 @@ CATEGORIES = [
                      "R2P", "POPC", "FLO", "BMSK", "SGXT")),
     ("convert", ("F2F", "F2FP", "HADD2", "HMUL2", "I2FP", "F2IP")),
 ]
-MATH = ("FFMA", "HFMA2", "MMA")
 
 
 def category(opcode: str) -> str:
@@ -144,9 +143,11 @@ def loops(instrs: Sequence[Instr]) -> List[Loop]:
 
 
 def hot_loop(instrs: Sequence[Instr]) -> Optional[Loop]:
-    """The innermost loop with the most multiply-add instructions (ties: the denser one); a kernel that
-    multiplies and adds separately is judged by its FMUL/FADD loop."""
-    for kinds in (MATH, ("FADD/FMUL",)):
+    """The innermost loop with the most multiply-add instructions (ties: the denser one). A loop with tensor-core
+    MMAs wins over FFMA loops (one MMA does thousands of multiply-adds: in the tensor-core kernels the FFMA loop
+    is the rare non-finite fallback); a kernel that multiplies and adds separately is judged by its FMUL/FADD
+    loop."""
+    for kinds in (("MMA",), ("FFMA", "HFMA2"), ("FADD/FMUL",)):
         candidates = [lp for lp in loops(instrs) if any(lp.mix.get(m, 0) for m in kinds)]
         if candidates:
             return max(candidates, key=lambda lp: (sum(lp.mix.get(m, 0) for m in kinds),
@@ -374,6 +375,14 @@ class Prediction:
     utilization: float          # useful multiply-adds / multiply-adds the hot loop performs
     predicted_useful_tflops: float
     ignores: str
+    # The tensor-core kernels' model (zero/empty for the CUDA-core kernels): per MMA step of one program, the
+    # hot loop's issued instructions (all warps), the MMA FLOPs, the bytes staged through and read from shared
+    # memory, the bytes loaded from global memory (L1/L2), and which of issue / MMA / shared memory binds.
+    step_instructions: int = 0
+    step_mma_flops: int = 0
+    step_smem_bytes: int = 0
+    step_global_bytes: int = 0
+    bound: str = ""
 
 
 def _useful_macs(n, c, h, w, kh, kw, pad) -> float:
@@ -449,63 +458,79 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
 
 
 # ---- the Triton kernels -------------------------------------------------------------------------------------------
-def triton_reports(arch_num: int = 90) -> List[KernelReport]:
-    """Every autotune config of every Triton kernel, compiled for sm_90 without a GPU (float32 and bfloat16)."""
+def _compile_triton(kernels, arch_num: int, dtypes=("fp32", "bf16")) -> List[KernelReport]:
+    """Compile each (name, autotuned kernel, [(names, values)], extra constexprs(dtype), unit-stride params) for
+    every config, 4 and 8 warps and each dtype, and read its SASS. As Triton's JIT specialises its arguments:
+    unit-stride params are compiled as the constant 1 (the innermost stride of a contiguous tensor) and pointers
+    as 16-byte aligned (every PyTorch allocation is). A config whose extra constexprs are None for a dtype is
+    skipped for it."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("TRITON_INTERPRET=1 makes Triton interpret instead of compile; unset it (or pass "
                            "--no-triton)")
-    from lkconv import triton_kernels as tk
-
     target = GPUTarget("cuda", arch_num, 32)
     reports = []
-    kernels = [("correlate_nchw", tk._correlate_nchw_kernel, tk._NCHW_BLOCKS),
-               ("correlate_cl", tk._correlate_cl_kernel, tk._CL_BLOCKS),
-               ("wgrad", tk._wgrad_kernel, tk._WGRAD_BLOCKS)]
     with tempfile.TemporaryDirectory() as tmp:
-        for name, autotuned, blocks in kernels:
+        for name, autotuned, blocks, extra, unit in kernels:
             fn = autotuned.fn
-            params = [p for p in fn.arg_names]
             constexpr_names = [p.name for p in fn.params if p.is_constexpr]
-            for names, values in blocks:
-                for warps in (4, 8):
-                    for dtype in ("fp32", "bf16"):
-                        sig, consts = {}, dict(zip(names, values))
-                        for p in params:
-                            if p in constexpr_names:
-                                sig[p] = "constexpr"
-                            elif p in ("src", "w", "bias", "out", "x", "g"):
-                                sig[p] = f"*{dtype}"
-                            elif p == "partial":
-                                sig[p] = "*fp32"
-                            else:  # sizes and strides: Python ints, which Triton passes as i32 when they fit
-                                sig[p] = "i32"
-                        for flag in ("FLIP", "HAS_BIAS"):
-                            if flag in constexpr_names:
-                                consts.setdefault(flag, False)
-                        if "BLOCK_J" in constexpr_names:
-                            consts.setdefault("BLOCK_J", 32)  # a 31-tap row
-                        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
-                        compiled = triton.compile(src, target=target, options={"num_warps": warps})
-                        cubin = os.path.join(tmp, f"{name}.cubin")
-                        with open(cubin, "wb") as f:
-                            f.write(compiled.asm["cubin"])
-                        funcs, res = inspect_cubin(cubin)
-                        for func, instrs in funcs.items():
-                            r = res.get(func, {})
-                            loop = hot_loop(instrs)
-                            cfg = ", ".join(f"{k}={v}" for k, v in zip(names, values))
-                            rep = KernelReport(f"triton {name} [{cfg}, warps={warps}] {dtype}", f"sm_{arch_num}",
-                                               r.get("REG", 0), r.get("LOCAL", 0) + r.get("STACK", 0),
-                                               compiled.metadata.shared,
-                                               config=dict(zip(names, values), num_warps=warps))
-                            if loop:
-                                rep.hot_loop = loop.mix
-                                rep.ffma_share = loop.mix.get("FFMA", 0) / loop.size
-                            reports.append(rep)
+            for (names, values), warps, dtype in itertools.product(blocks, (4, 8), dtypes):
+                if extra(dtype, dict(zip(names, values))) is None:
+                    continue
+                sig, consts = {}, dict(zip(names, values))
+                for p in fn.arg_names:
+                    if p in constexpr_names or p in unit:
+                        sig[p] = "constexpr"
+                    elif p in ("src", "w", "band", "bias", "out", "x", "g"):
+                        sig[p] = f"*{dtype}"
+                    elif p == "partial":
+                        sig[p] = "*fp32"
+                    else:  # sizes and strides: Python ints, which Triton passes as i32 when they fit
+                        sig[p] = "i32"
+                consts.update({p: 1 for p in unit})
+                for flag, value in extra(dtype, consts).items():
+                    if flag in constexpr_names:
+                        consts.setdefault(flag, value)
+                aligned = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(fn.arg_names) if sig[p][0] == "*"}
+                src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=aligned)
+                compiled = triton.compile(src, target=target, options={"num_warps": warps})
+                cubin = os.path.join(tmp, f"{name}.cubin")
+                with open(cubin, "wb") as f:
+                    f.write(compiled.asm["cubin"])
+                funcs, res = inspect_cubin(cubin)
+                for func, instrs in funcs.items():
+                    r = res.get(func, {})
+                    loop = hot_loop(instrs)
+                    cfg = ", ".join(f"{k}={v}" for k, v in zip(names, values))
+                    rep = KernelReport(f"triton {name} [{cfg}, warps={warps}] {dtype}", f"sm_{arch_num}",
+                                       r.get("REG", 0), r.get("LOCAL", 0) + r.get("STACK", 0),
+                                       compiled.metadata.shared, config=dict(zip(names, values), num_warps=warps))
+                    if loop:
+                        rep.hot_loop = loop.mix
+                        rep.ffma_share = loop.mix.get("FFMA", 0) / loop.size
+                        body = [i.opcode for i in instrs if loop.start <= i.addr <= loop.end]
+                        if any(o.startswith("HGMMA") for o in body):
+                            rep.note = "HGMMA"
+                        elif any(o.startswith("HMMA") for o in body):
+                            rep.note = "HMMA"
+                    reports.append(rep)
     return reports
+
+
+def triton_reports(arch_num: int = 90) -> List[KernelReport]:
+    """Every autotune config of every CUDA-core Triton kernel, compiled for sm_90 without a GPU (float32 and
+    bfloat16)."""
+    from lkconv import triton_kernels as tk
+
+    def flags(dtype, config):
+        return dict(FLIP=False, HAS_BIAS=False, BLOCK_J=32)  # BLOCK_J: a 31-tap row
+
+    kernels = [("correlate_nchw", tk._correlate_nchw_kernel, tk._NCHW_BLOCKS, flags, ()),
+               ("correlate_cl", tk._correlate_cl_kernel, tk._CL_BLOCKS, flags, ()),
+               ("wgrad", tk._wgrad_kernel, tk._WGRAD_BLOCKS, flags, ())]
+    return _compile_triton(kernels, arch_num)
 
 
 def triton_predictions(reports: Sequence[KernelReport], arch: str = "sm_90") -> List[Prediction]:
@@ -562,6 +587,140 @@ def triton_predictions(reports: Sequence[KernelReport], arch: str = "sm_90") -> 
     return out
 
 
+# ---- the tensor-core kernels ---------------------------------------------------------------------------------------
+#: Dense tensor-core peaks of the H100 SXM (TFLOP/s): wgmma (HGMMA) from the data sheet; mma.sync (HMMA) on sm_90
+#: is ASSUMED to reach two thirds of it (it is not specified; published microbenchmarks put it near there).
+PEAK_MMA_TFLOPS = {"HGMMA": {"bf16": 989.4, "fp32": 494.7}, "HMMA": {"bf16": 659.6, "fp32": 329.8}}
+SM90_SMS, SM90_CLOCK_GHZ, SMEM_BYTES_PER_CLK = 132, 1.98, 128
+
+
+def tensorcore_reports(arch_num: int = 90) -> List[KernelReport]:
+    """Every autotune config of the tensor-core kernels (lkconv/tensorcore_kernels.py) for sm_90: bfloat16, and
+    float32 as TF32, for NCHW-contiguous tensors (unit innermost strides)."""
+    from lkconv import tensorcore_kernels as tc
+
+    def flags(dtype, config):
+        if config.get("ALIGN", 1) * (4 if dtype == "fp32" else 2) > 16:  # never picked: 16 bytes at most
+            return None
+        return dict(HAS_BIAS=False, TF32=dtype == "fp32", UPCAST=False)
+
+    # The forward's ALIGN (rows start on ALIGN-element boundaries) follows the map width: each that the benchmark
+    # shapes need is compiled.
+    # A tall filter runs transposed: unit row strides instead of unit column strides, ALIGN 1.
+    aligns = sorted({tc.alignment_for(size, (), e) for *_, size, kh, kw in SHAPES for e in (2, 4) if kh <= kw})
+    correlate = [(("BLOCK_M", "BLOCK_N", "ALIGN"), (*b, a)) for b in tc.CORRELATE_BLOCKS for a in aligns]
+    transposed = [(("BLOCK_M", "BLOCK_N", "ALIGN"), (*b, 1)) for b in tc.CORRELATE_BLOCKS]
+    wgrad = [(("BLOCK_I", "BLOCK_J", "BLOCK_X", "ALIGN"), (*b, a)) for b in tc.WGRAD_BLOCKS for a in aligns]
+    kernels = [("toeplitz_correlate", tc._toeplitz_correlate_kernel, correlate, flags, ("s_sw", "o_sw")),
+               ("toeplitz_correlate_transposed", tc._toeplitz_correlate_kernel, transposed, flags, ("s_sh", "o_sh")),
+               ("hankel_wgrad", tc._hankel_wgrad_kernel, wgrad, flags, ("x_sw", "g_sw"))]
+    return _compile_triton(kernels, arch_num)
+
+
+def toeplitz_steps(bm: int, bn: int, n: int, h: int, w: int, oh: int, ow: int, khc: int, kwc: int, off_t: int,
+                   off_l: int, shift: int = 0) -> int:
+    """MMA steps (one filter row x 16 source columns) that one channel of the Toeplitz correlation issues over
+    the batch, following the kernel's own walk: tiles of `bm` rows counted over (image, row), filter rows and
+    16-column steps that read padding only skipped; `shift`: the columns the window starts left of the first
+    tap's, for aligned loads."""
+    steps = 0
+    for m0 in range(0, n * oh, bm):
+        ys = [m % oh for m in range(m0, min(m0 + bm, n * oh))]
+        i_lo, i_hi = max(0, off_t - max(ys)), min(khc, h + off_t - min(ys))
+        for x0 in range(0, ow, bn):
+            col0 = x0 - off_l - shift
+            kb_lo = max(0, -col0) // 16
+            kb_hi = min(_ceil_div(min(bn, ow - x0) + kwc - 1 + shift, 16), _ceil_div(w - col0, 16))
+            steps += max(0, i_hi - i_lo) * max(0, kb_hi - kb_lo)
+    return steps
+
+
+def hankel_steps(bi: int, bj: int, bx: int, n: int, h: int, w: int, oh: int, ow: int, khc: int, kwc: int,
+                 pad_t: int, pad_l: int, align: int = 1) -> int:
+    """MMA steps (one input row x BX output columns) of one channel's Hankel weight gradient, over its tap
+    blocks, following the kernel's skips (`pad_t`, `pad_l` for the cropped filter; the column walk starts on an
+    `align` boundary)."""
+    steps = 0
+    for ib in range(_ceil_div(khc, bi)):
+        rows = sum(1 for sy in range(h) if 0 <= sy + pad_t - ib * bi and sy + pad_t - ib * bi - (bi - 1) < oh)
+        for jb in range(_ceil_div(kwc, bj)):
+            x_lo = max(0, pad_l - jb * bj - (bj - 1)) // align * align
+            x_hi = min(ow, w + pad_l - jb * bj)
+            steps += n * rows * max(0, _ceil_div(x_hi - x_lo, bx))
+    return steps
+
+
+def tensorcore_predictions(reports: Sequence[KernelReport]) -> List[Prediction]:
+    """Per benchmark shape, pass and dtype: the tensor-core config with the best prediction. A step of one program
+    takes the longest of its issue time (the hot loop's instructions of all its warps over the SM's 4 schedulers),
+    its MMA time (at the peak of the MMA kind in the loop) and its shared-memory time (operands staged and read
+    back, 128 B/clk); enough resident programs are assumed to overlap the three."""
+    from lkconv import tensorcore_kernels as tc
+    from lkconv.triton_kernels import _useful_taps
+
+    clock = SM90_SMS * SM90_CLOCK_GHZ * 1e9
+    out = []
+    for shape, n, c, size, kh, kw in SHAPES:
+        pad = (kh // 2, kw // 2)
+        useful = _useful_macs(n, c, size, size, kh, kw, pad)
+        for pass_ in ("forward", "backward_input", "backward_weight"):
+            off = pad if pass_ != "backward_input" else (kh - 1 - pad[0], kw - 1 - pad[1])
+            i0, i1 = _useful_taps(kh, size, size, off[0])
+            j0, j1 = _useful_taps(kw, size, size, off[1])
+            khc, kwc = i1 - i0 + 1, j1 - j0 + 1
+            for dtype, tdt in (("float32", "fp32"), ("bfloat16", "bf16")):
+                elem = 4 if tdt == "fp32" else 2
+                best = None
+                for r in reports:
+                    kind = r.kernel.split()[1]
+                    if not r.kernel.endswith(tdt) or (pass_ == "backward_weight") != (kind == "hankel_wgrad"):
+                        continue
+                    cfg, warps = r.config, r.config["num_warps"]
+                    if kind.startswith("toeplitz_correlate"):
+                        # The launcher's choice: transposed for a tall filter, ALIGN from the map width.
+                        tall = kh > kw
+                        align = 1 if tall else tc.alignment_for(size, (), elem)
+                        if (kind == "toeplitz_correlate_transposed") != tall or cfg["ALIGN"] != align:
+                            continue
+                        bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+                        rows, cols = ((khc, off[0] - i0), (kwc, off[1] - j0)) if not tall else \
+                            ((kwc, off[1] - j0), (khc, off[0] - i0))
+                        steps = c * toeplitz_steps(bm, bn, n, size, size, size, size, rows[0], cols[0], rows[1],
+                                                   cols[1], (-cols[1]) % align)
+                        flops, operands = 2 * bm * 16 * bn, (bm * 16 + 16 * bn) * elem
+                    else:
+                        bi, bj, bx = cfg["BLOCK_I"], cfg["BLOCK_J"], cfg["BLOCK_X"]
+                        if cfg["ALIGN"] != tc.alignment_for(size, (), elem):
+                            continue
+                        steps = c * hankel_steps(bi, bj, bx, n, size, size, size, size, khc, kwc, pad[0] - i0,
+                                                 pad[1] - j0, cfg["ALIGN"])
+                        flops, operands = 2 * bi * bx * bj, (bi * bx + bx * bj) * elem
+                    if not r.hot_loop.get("MMA") or not steps:
+                        continue
+                    mma_kind = "HGMMA" if r.note == "HGMMA" else "HMMA"
+                    instructions = sum(r.hot_loop.values()) * warps
+                    times = {"issue": instructions / 4,
+                             "MMA": flops / (PEAK_MMA_TFLOPS[mma_kind][tdt] * 1e12 / clock),
+                             "shared memory": 2 * operands / SMEM_BYTES_PER_CLK}
+                    bound = max(times, key=times.get)
+                    util = useful / (steps * flops / 2)
+                    tflops = flops / times[bound] * clock / 1e12 * util
+                    occ = occupancy("sm_90", r.regs, r.static_smem, 32 * warps)
+                    pred = Prediction(shape, pass_, dtype, "tensorcore", r.kernel,
+                                      r.kernel.split("[")[1].split("]")[0] + f", {mma_kind}", r.regs, r.spill_bytes,
+                                      r.static_smem, 32 * warps, occ["fraction"], occ["limiter"], 0.0, util, tflops,
+                                      "code outside the MMA loop (the outer filter-row/input-row loop, the finiteness "
+                                      "check, stores, the weight gradient's partial sums), the per-call band table "
+                                      "and padded input, latency not hidden by other programs",
+                                      step_instructions=instructions, step_mma_flops=flops,
+                                      step_smem_bytes=2 * operands, step_global_bytes=operands, bound=bound)
+                    if best is None or pred.predicted_useful_tflops > best.predicted_useful_tflops:
+                        best = pred
+                if best:
+                    out.append(best)
+    return out
+
+
 # ---- output ---------------------------------------------------------------------------------------------------------
 def table(predictions: Sequence[Prediction], reports: Sequence[KernelReport]) -> str:
     lines = ["PREDICTED (static, from the sm_90 code; no GPU measured these)", "",
@@ -602,6 +761,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             triton = triton_reports(90)
             all_reports += triton
             predictions += triton_predictions(triton)
+            tensorcore = tensorcore_reports(90)
+            all_reports += tensorcore
+            predictions += tensorcore_predictions(tensorcore)
     except (FileNotFoundError, RuntimeError) as exc:
         print(f"python -m bench.sass: error: {exc}", file=sys.stderr)
         return 2

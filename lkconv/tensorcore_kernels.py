@@ -1,31 +1,42 @@
 """Depthwise convolution on tensor cores (Triton `tl.dot`): forward, backward-input and weight gradient as small
 GEMMs, for float16/bfloat16 (float32 through TF32 when the user opts in). fp32 accumulation throughout.
 
-Design (the arithmetic that sizes the tiles; every figure is per SM of an H100, sm_90)
----------------------------------------------------------------------------------------
-Forward / backward-input (Toeplitz along the width). For channel c, filter row i, output rows [y0, y0+BM) and
+Design (the arithmetic that sizes the tiles; figures per SM of an H100, sm_90; `python -m bench.sass` reports
+them for every config: issue, MMA and shared-memory time per step, and which binds)
+--------------------------------------------------------------------------------------------------------------
+Forward / backward-input (Toeplitz along the width). For channel c, filter row i, a block of BM output rows and
 output columns [x0, x0+BN):
 
-    out[y0:y0+BM, x0:x0+BN] += in_pad[y0+i : y0+i+BM, x0 : x0+K] @ T_i,   T_i[a, b] = w[c, i, a - b]
-                                                                          (0 <= a - b < kw, else 0)
+    out[rows, x0:x0+BN] += in_pad[rows + i, x0 : x0+K] @ T_i,   T_i[a, b] = w[c, i, a - b]  (0 <= a - b < kw)
 
-with K = BN + kw - 1 rounded up to the MMA's k (16), walked in steps of 16 columns. A is a plain slice of the
-input plane (rows x columns); T_i is a band of the filter row, gathered from the (cached) filter. Backward-input
-is the same with the filter turned by 180 degrees. Costs per 16-column step: 2*BM*16*BN MMA FLOPs, BM*16 A
-elements and 16*BN T elements loaded (through L1) and staged in shared memory for the MMA.
-  - Useful fraction of the MMA work: kw / K. At kw=31: BN=16 -> 31/48 = 65%, BN=32 -> 31/64 = 48%, BN=64 ->
-    31/96 = 32%. Narrow chunks waste less, but every A byte then feeds fewer FLOPs: the A operand is read from
-    shared memory at 2*BN FLOPs per element (wgmma/ldmatrix), and shared memory moves 128 B/clk, so BN=16
-    supplies at most ~2048 FLOP/clk against the tensor cores' ~3800 (dense bf16). BN=32 balances the two;
-    which wins at a shape is left to the autotuner and predicted by `python -m bench.sass`, which reports the
-    issue, MMA and shared-memory bounds of every config.
-  - Steps whose 16 source columns are all padding, and filter rows whose source rows are all padding for the
-    tile, are skipped (per program, so the skip is uniform); padding inside a step is multiplied as zeros.
+with K = BN + kw - 1 rounded up to the MMA's k (16), walked in steps of 16 columns. Backward-input is the same
+with the filter turned by 180 degrees; a filter taller than wide (51x5) runs transposed, so the band lies along
+its long side. Per step: 2*BM*16*BN MMA FLOPs; BM*16 A and 16*BN T elements copied to shared memory and read
+back by the MMA.
+  - Useful fraction kw / K: at kw=31, BN=16 -> 65%, BN=32 -> 48%, BN=64 -> 32%.
+  - Shared memory binds first. The operands cross it twice (cp.async in, wgmma out) at 128 B/clk: a 16-bit step
+    of BM=128, BN=32 moves 2 * (2048 + 512) * 2 B = 10 KB in 80 clk for 131k FLOPs (1640 FLOP/clk, against the
+    tensor cores' ~3800), x 48% useful. Larger BN feeds the MMA better but wastes more of the band; BM=128 with
+    BN=32 is the best balance at 56x56 k31 (predicted ~180 useful bf16 TFLOP/s, 2.4x the FP32 CUDA-core peak;
+    shared memory bound). Reusing one staged input slab for all filter rows (the A of row i+1 is the A of row i
+    moved down one row) would remove most of the copies, but needs MMA operands at arbitrary row offsets in
+    shared memory (ldmatrix + mma.sync in CUDA), which tl.dot cannot express.
+  - Every operand load is a 16-byte vector (cp.async): the input window starts on an aligned column (SHIFT
+    columns early, the band shifted to match) when the rows are aligned (ALIGN), and T comes from a band table
+    built once per call (`_band_table`: 16 shifted copies of each filter row, ~16 x (Q + 64) / kw times the
+    taps) in which every T_i of every step is a block of aligned rows. Per-element loads of T with a band mask
+    cost ~25 instructions per step; the table costs one gather per call.
+  - The rows of a tile are counted over (image, row), so the images of a small map share one tile (they share the
+    channel's T): a 7x7 map does not leave 57 of 64 rows idle. Filter rows whose source rows are padding for the
+    whole tile and 16-column steps that read padding only are skipped per program.
 Weight gradient (Hankel). dW[c, i, j] = sum over (n, sy, ox) of g[n, c, sy + pt - i, ox] * x[n, c, sy, ox + j - pl]:
-a GEMM with M = tap rows (a block of BI), N = tap columns (BJ), K = (real input row, output column) walked in
-steps of BX output columns. A = g rows in reverse order (one output row per tap row), B = a sliding-window
-(Hankel) view of one input row. 31x31 of a 32x32 tile is useful; K splits into fixed ranges whose partial sums
-are added in a fixed order afterwards (deterministic, no atomics).
+M = tap rows (BI), N = tap columns (BJ), K = (real input row, output column) in steps of BX output columns. A =
+output-gradient rows in reverse order (vector loads from an aligned column), B = a sliding-window (Hankel) view
+of one input row: each tap column is one element further along, so B cannot be a vector load; the input is
+padded along the width once per call (1 + (kw - 1) / W times its size) so that B needs no per-element bounds
+test. B's per-element loads make the weight gradient issue-bound (~90 instructions per 32x32x32 step: ~110
+predicted useful bf16 TFLOP/s at 56x56 k31). K splits into fixed ranges whose partial sums are added in a fixed
+order afterwards (deterministic, no atomics).
 
 Non-finite values. A Toeplitz/Hankel product multiplies real pixels by the structural zeros of the band (and
 masked-out positions by real pixels), so an Inf or NaN *input* would leak into outputs that never read it
@@ -34,7 +45,7 @@ rest, each program checks its fp32 result once, after the loop, and only when it
 its tile directly, tap by tap, with exactly the products the convolution has. Finite data never pays for it.
 
 Layouts: tensors are addressed through their strides, so channels_last works; its loads along a row are C
-elements apart (uncoalesced), so the NCHW layout is the fast one for this backend.
+elements apart (no vectors), so the NCHW layout is the fast one for this backend.
 """
 
 from __future__ import annotations
@@ -50,7 +61,6 @@ from .triton_kernels import _useful_taps
 
 #: Longest filter side: the K walk of the forward covers BN + kw - 1 source columns per tile.
 MAX_KERNEL = 127
-BLOCK_K = 16  # the MMA's k for 16-bit operands
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 #: (BLOCK_M output rows, BLOCK_N output columns) of the forward/backward-input; (BLOCK_I, BLOCK_J, BLOCK_X) of the

@@ -168,3 +168,97 @@ def test_weight_gradient_work_model_counts_every_useful_tap(size, k, pad, cuda_e
     assert slots >= n * call.useful_taps()
     if (size, k) == (14, 27):
         assert slots < 0.75 * n * size * size * k * k  # every position x every tap: 1.0
+
+
+MMA_SASS = """
+		Function : mixed
+        /*0000*/                   FFMA R2, R3, R4, R2 ;
+        /*0010*/                   FFMA R5, R3, R4, R5 ;
+        /*0020*/                   FFMA R6, R3, R4, R6 ;
+        /*0030*/              @!P0 BRA 0x0 ;
+        /*0040*/                   LDGSTS.E.BYPASS.128 [R21], desc[UR12][R2.64] ;
+        /*0050*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0060*/              @P0 BRA 0x40 ;
+        /*0070*/                   EXIT ;
+"""
+
+
+def test_hot_loop_prefers_the_mma_loop():
+    """One HGMMA outweighs any number of FFMAs: in the tensor-core kernels the FFMA loop is the rare non-finite
+    fallback."""
+    (instrs,) = sass.parse_sass(MMA_SASS).values()
+    hot = sass.hot_loop(instrs)
+    assert (hot.start, hot.end) == (0x40, 0x60) and hot.mix == {"LDG": 1, "MMA": 1, "branch": 1}
+
+
+@pytest.mark.parametrize("size,k,n", [(14, 27, 3), (7, 13, 5), (9, 5, 2), (56, 31, 1), (20, 7, 2)])
+@pytest.mark.parametrize("bm,bn,shift", [(64, 32, 0), (16, 16, 3), (128, 64, 7)])
+def test_toeplitz_model_counts_every_useful_tap(size, k, n, bm, bn, shift):
+    """The tensor-core correlation's walk (tiles over image rows, skipped filter rows and column steps) performs
+    at least every useful multiply-add, and skips work: at 14x14 k27 far less than the full padded sweep."""
+    from lkconv.geometry import ConvCall
+    from lkconv.triton_kernels import _useful_taps
+
+    import torch
+
+    pad = k // 2
+    i0, i1 = _useful_taps(k, size, size, pad)
+    steps = sass.toeplitz_steps(bm, bn, n, size, size, size, size, i1 - i0 + 1, i1 - i0 + 1, pad - i0, pad - i0,
+                                shift)
+    call = ConvCall(n, 1, size, size, k, k, (pad,) * 4, (1, 1), (1, 1), torch.device("cpu"), torch.float32, False)
+    assert steps * bm * 16 * bn >= call.useful_taps()
+    full = sass._ceil_div(n * size, bm) * k * sass._ceil_div(size, bn) * sass._ceil_div(bn + k - 1 + shift, 16)
+    assert steps <= full
+    if (size, k, bm, bn) == (14, 27, 64, 32):
+        assert steps < 0.7 * full
+
+
+@pytest.mark.parametrize("size,k,n", [(14, 27, 3), (7, 13, 5), (9, 5, 2), (30, 31, 1)])
+@pytest.mark.parametrize("bi,bj,bx,align", [(32, 32, 16, 8), (16, 32, 32, 1), (64, 64, 16, 2)])
+def test_hankel_model_counts_every_useful_tap(size, k, n, bi, bj, bx, align):
+    from lkconv.geometry import ConvCall
+    from lkconv.triton_kernels import _useful_taps
+
+    import torch
+
+    pad = k // 2
+    i0, i1 = _useful_taps(k, size, size, pad)
+    kc = i1 - i0 + 1
+    steps = sass.hankel_steps(bi, bj, bx, n, size, size, size, size, kc, kc, pad - i0, pad - i0, align)
+    call = ConvCall(n, 1, size, size, k, k, (pad,) * 4, (1, 1), (1, 1), torch.device("cpu"), torch.float32, False)
+    assert steps * bi * bj * bx >= call.useful_taps()
+
+
+TENSORCORE_SCRIPT = r"""
+from bench import sass
+from lkconv import tensorcore_kernels as tc
+
+
+def flags(dtype, config):
+    return dict(HAS_BIAS=False, TF32=False, UPCAST=False)
+
+
+kernels = [("toeplitz_correlate", tc._toeplitz_correlate_kernel, [(("BLOCK_M", "BLOCK_N", "ALIGN"), (64, 32, 8))],
+            flags, ("s_sw", "o_sw"))]
+report = sass._compile_triton(kernels, 90, dtypes=("bf16",))[0]  # 4 warps (then 8)
+print(report.note, report.hot_loop.get("MMA", 0), report.hot_loop.get("LDG", 0), report.hot_loop.get("STS", 0),
+      sum(report.hot_loop.values()))
+"""
+
+
+def test_tensorcore_kernel_hot_loop_on_sm90(tmp_path):
+    """The forward's sm_90 hot loop: a warpgroup MMA fed by vector copies (cp.async) of aligned input rows and
+    band-table rows, no per-element loads or shared-memory stores (what the alignment hints and the band table
+    are for)."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "compile_tensorcore.py"
+    script.write_text(TENSORCORE_SCRIPT)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run([sys.executable, str(script)], env=env, cwd=root, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    kind, mma, ldg, sts, size = run.stdout.split()
+    assert kind == "HGMMA" and int(mma) >= 1
+    assert int(ldg) <= 4 and int(sts) == 0  # 2 x LDGSTS.128 per thread per step
+    assert int(size) < 80
