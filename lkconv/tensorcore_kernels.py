@@ -76,19 +76,25 @@ def _configs(names, blocks, warps=(4, 8)):
 
 
 @triton.jit
-def _direct_tile(base, wc, oy, ox, real, H, W, s_sh, s_sw, KHC, KWC, OFF_T, OFF_L,
+def _direct_tile(base, wc, oy, x0, real, H, W, OW, s_sh, s_sw, KHC, KWC, OFF_T, OFF_L,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # The correlation of one tile, tap by tap on the CUDA cores: the exact products (padding is never
-    # multiplied), for tiles whose tensor-core result is not finite. `wc`: the channel's (KHC, KWC) taps.
+    # multiplied), for tiles whose tensor-core result is not finite. One output column at a time, so the rare
+    # fallback holds a column of registers rather than a tile of pointers (which would cap the occupancy of
+    # the whole kernel). `base`: each row's plane; `wc`: the channel's (KHC, KWC) taps.
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for i in range(KHC):
-        sy = oy + i - OFF_T
-        row_ok = real & (sy >= 0) & (sy < H)
-        for j in range(KWC):
-            sx = ox + j - OFF_L
-            v = tl.load(base + sy.to(tl.int64) * s_sh + sx.to(tl.int64) * s_sw,
-                        mask=row_ok & (sx >= 0) & (sx < W), other=0.0)
-            acc += v.to(tl.float32) * tl.load(wc + i * KWC + j).to(tl.float32)
+    cols = tl.arange(0, BLOCK_N)
+    for b in range(0, tl.minimum(BLOCK_N, OW - x0)):
+        column = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for i in range(KHC):
+            sy = oy + i - OFF_T
+            row_ok = real & (sy >= 0) & (sy < H)
+            rows = base + sy * s_sh
+            for j in range(KWC):
+                sx = x0 + b + j - OFF_L
+                v = tl.load(rows + sx * s_sw, mask=row_ok & (sx >= 0) & (sx < W), other=0.0)
+                column += v.to(tl.float32) * tl.load(wc + i * KWC + j).to(tl.float32)
+        acc = tl.where(cols[None, :] == b, column[:, None], acc)
     return acc
 
 
@@ -160,8 +166,7 @@ def _toeplitz_correlate_kernel(src, w, band, bias, out, N, C, H, W, OH, OW,
             acc = _mma(a, tl.load(t_rows - kb * 16), acc, TF32, UPCAST)
     finite = (acc == acc) & (tl.abs(acc) < float("inf"))
     if tl.min(finite.to(tl.int32)) == 0:
-        acc = _direct_tile(base[:, None], wc, oy[:, None], ox[None, :], real[:, None], H, W, s_sh, s_sw, KHC, KWC,
-                           OFF_T, OFF_L, BLOCK_M, BLOCK_N)
+        acc = _direct_tile(base, wc, oy, x0, real, H, W, OW, s_sh, s_sw, KHC, KWC, OFF_T, OFF_L, BLOCK_M, BLOCK_N)
     if HAS_BIAS:
         acc += tl.load(bias + c).to(tl.float32)
     dst = (out + (img.to(tl.int64) * o_sn + c * o_sc + oy * o_sh)[:, None] + ox.to(tl.int64)[None, :] * o_sw)
@@ -226,7 +231,9 @@ def _hankel_wgrad_kernel(x, g, partial, N, C, H, W, OH, OW,
                 acc = _mma(a, b, acc, TF32, UPCAST)
     finite = (acc == acc) & (tl.abs(acc) < float("inf"))
     if tl.min(finite.to(tl.int32)) == 0:
-        # Exact products only (a non-finite input pixel met a masked-out position in the GEMM): recompute.
+        # Exact products only (a non-finite input pixel met a masked-out position in the GEMM): recompute, one
+        # output column at a time (an outer product of a tap-row vector and a tap-column vector), so the rare
+        # fallback does not hold a 3-D product in registers.
         acc = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
         for r in range(r0, r1):
             n = r // H
@@ -235,15 +242,10 @@ def _hankel_wgrad_kernel(x, g, partial, N, C, H, W, OH, OW,
             oy_ok = (oy >= 0) & (oy < OH) & (ii < KHC)
             g_rows = gc + n.to(tl.int64) * g_sn + oy.to(tl.int64) * g_sh
             x_row = xc + n.to(tl.int64) * x_sn + sy.to(tl.int64) * x_sh
-            for x0 in range(x_lo, x_hi, BLOCK_X):
-                ox = x0 + xs
-                o_ok = ox < x_hi
-                a = tl.load(g_rows[:, None] + (ox * g_sw)[None, :], mask=oy_ok[:, None] & o_ok[None, :], other=0.0)
-                x_ok = o_ok[:, None] & tap_ok[None, :]
-                b = tl.load(x_row + (ox[:, None] + shift[None, :]) * x_sw, mask=x_ok, other=0.0)
-                real = (oy_ok[:, None] & o_ok[None, :])[:, :, None] & x_ok[None, :, :]
-                prod = a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :]
-                acc += tl.sum(tl.where(real, prod, 0.0), axis=1)
+            for ox in range(x_lo, x_hi):
+                a = tl.load(g_rows + ox * g_sw, mask=oy_ok, other=0.0).to(tl.float32)
+                b = tl.load(x_row + (ox + shift) * x_sw, mask=tap_ok, other=0.0).to(tl.float32)
+                acc += tl.where(oy_ok[:, None] & tap_ok[None, :], a[:, None] * b[None, :], 0.0)
     dst = partial + ((split * C + c) * KHC + ii[:, None]) * KWC + jj[None, :]
     tl.store(dst, acc, mask=(ii < KHC)[:, None] & (jj < KWC)[None, :])
 

@@ -34,6 +34,16 @@ def round_to_tf32(t: torch.Tensor) -> torch.Tensor:
     return ((bits + 0x1000) & ~0x1FFF).view(torch.float32).reshape(t.shape)
 
 
+def rule_oracle(x, w, pads):
+    """Depthwise conv in float64 where a product with padding does not exist (the documented rule)."""
+    t, b, l, r = pads
+    kh, kw = w.shape[2:]
+    valid = F.pad(torch.ones(1, 1, *x.shape[2:], dtype=x.dtype), (l, r, t, b)).unfold(2, kh, 1).unfold(3, kw, 1)
+    patches = F.pad(x, (l, r, t, b)).unfold(2, kh, 1).unfold(3, kw, 1)
+    prods = torch.where(valid > 0, patches * w[:, 0][None, :, None, None], torch.zeros((), dtype=x.dtype))
+    return prods.sum((-1, -2))
+
+
 def unfold_conv(x, w, b, stride=1, padding=0, dilation=1):
     """Depthwise conv (stride/dilation 1) as explicit patches and a sum: slow, but made of plain indexing and
     reductions, so its autograd is robust where PyTorch's conv backward is not (torch 2.14's CPU backward

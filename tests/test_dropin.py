@@ -10,6 +10,7 @@ from torch import nn
 
 import lkconv
 from conftest import backend_available
+from reference import rule_oracle
 from lkconv import ops
 
 BACKENDS = ["cpu", "torch", "triton"]
@@ -241,16 +242,6 @@ def test_module_channel_mismatch_message_matches_conv2d():
 
 
 # ---- the non-finite rule -------------------------------------------------------------------------------------
-def rule_oracle(x, w, pads):
-    """Depthwise conv in float64 where a product with padding does not exist (the documented rule)."""
-    t, b, l, r = pads
-    kh, kw = w.shape[2:]
-    valid = F.pad(torch.ones(1, 1, *x.shape[2:], dtype=x.dtype), (l, r, t, b)).unfold(2, kh, 1).unfold(3, kw, 1)
-    patches = F.pad(x, (l, r, t, b)).unfold(2, kh, 1).unfold(3, kw, 1)
-    prods = torch.where(valid > 0, patches * w[:, 0][None, :, None, None], torch.zeros((), dtype=x.dtype))
-    return prods.sum((-1, -2))
-
-
 CASES = [((3, 3), (4, 4), (1, 1, 1, 1)), ((7, 7), (5, 6), (3, 3, 3, 3)), ((5, 2), (9, 7), (2, 2, 0, 1)),
          ((13, 13), (4, 4), (6, 6, 6, 6))]
 
