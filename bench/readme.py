@@ -137,9 +137,9 @@ def static_section(path: str) -> str:
            "launcher picks.", "",
            "| shape | pass | impl | config | regs | spill B | occupancy | FMA share | useful work | "
            "predicted useful TFLOP/s fp32 / bf16 |", "|---|---|---|---|---|---|---|---|---|---|"]
-    rows = defaultdict(dict)
+    rows, mma_rows = defaultdict(dict), defaultdict(dict)
     for p in data["predictions"]:
-        rows[(p["shape"], p["pass_"], p["impl"])][p["dtype"]] = p
+        (mma_rows if p.get("step_mma_flops") else rows)[(p["shape"], p["pass_"], p["impl"])][p["dtype"]] = p
     for (shape, pass_, impl), by_dtype in rows.items():
         p = by_dtype.get("float32") or next(iter(by_dtype.values()))
         preds = " / ".join(_f(by_dtype[d]["predicted_useful_tflops"]) if d in by_dtype else "—"
@@ -147,6 +147,25 @@ def static_section(path: str) -> str:
         out.append(f"| {shape} | {PASS_NAMES.get(pass_, pass_)} | {impl} | {p['config']} | {p['regs']} | "
                    f"{p['spill_bytes']} | {100 * p['occupancy']:.0f}% | {100 * p['ffma_share']:.0f}% | "
                    f"{100 * p['utilization']:.0f}% | {preds} |")
+    if mma_rows:
+        peaks = data.get("peak_mma_tflops", {})
+        out += ["", "Tensor-core kernels (`lkconv/tensorcore_kernels.py`): a step of one program (one MMA of the hot "
+                "loop) takes the longest of its issue time (the loop's instructions of all its warps over 4 "
+                "schedulers), its MMA time (wgmma at the data-sheet peak, "
+                f"{peaks.get('HGMMA', {}).get('bf16', '?')} TFLOP/s dense bf16; mma.sync ASSUMED at two thirds of it) "
+                "and its shared-memory time (operands copied in and read by the MMA, 128 B/clk), times the useful "
+                "share of the MMA work (the kernel's own walk of tiles, band zeros and skipped steps). bf16 config "
+                "shown; fp32 is TF32, on the user's opt-in.", "",
+                "| shape | pass | config | regs | spill B | occupancy | instructions / step | shared B / step | "
+                "binds | useful work | predicted useful TFLOP/s tf32 / bf16 |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for (shape, pass_, impl), by_dtype in mma_rows.items():
+            p = by_dtype.get("bfloat16") or next(iter(by_dtype.values()))
+            preds = " / ".join(_f(by_dtype[d]["predicted_useful_tflops"]) if d in by_dtype else "—"
+                               for d in ("float32", "bfloat16"))
+            out.append(f"| {shape} | {PASS_NAMES.get(pass_, pass_)} | {p['config']} | {p['regs']} | "
+                       f"{p['spill_bytes']} | {100 * p['occupancy']:.0f}% | {p['step_instructions']} | "
+                       f"{p['step_smem_bytes']} | {p['bound']} | {100 * p['utilization']:.0f}% | {preds} |")
     return "\n".join(out)
 
 

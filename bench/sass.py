@@ -10,9 +10,12 @@ For each CUDA kernel instantiation (nvcc -cubin with setup.py's flags) and each 
     own tile choice, taken from the emulation module on an emulated H100; the Triton kernels' for each config).
 The prediction: a kernel issue-bound on the FP32 pipe reaches at most (FFMA share of the hot loop's issued
 instructions) x (useful multiply-adds / multiply-adds the hot loop performs: padding taps, cropped strips and
-idle threads cost work) x the FP32 CUDA-core peak. It leaves out the code outside the hot loop (loaders,
-reductions), memory stalls and occupancy limits, so it is an upper bound of the issue-bound speed; the report
-says which of those it ignored for each kernel.
+idle threads cost work) x the FP32 CUDA-core peak. The tensor-core kernels: per MMA step of a program, the
+longest of its issue time (hot-loop instructions of all its warps over the SM's 4 schedulers), its MMA time
+(at the MMA peak) and its shared-memory time (operands in and out at 128 B/clk), times the useful share of the
+MMA work. It leaves out the code outside the hot loop (loaders, reductions), memory stalls and occupancy
+limits, so it is an upper bound of the issue-bound speed; the report says which of those it ignored for each
+kernel.
 """
 
 from __future__ import annotations
@@ -774,7 +777,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         import torch
 
         data = dict(kind="predicted (static)", environment=describe_environment(torch.device("cpu"), measure_cpu=False),
-                    peak_fp32_tflops=PEAK_FP32_TFLOPS, model=__doc__.split("\n\n")[1],
+                    peak_fp32_tflops=PEAK_FP32_TFLOPS, peak_mma_tflops=PEAK_MMA_TFLOPS,
+                    model=__doc__.split("\n\n")[1],
                     predictions=[dataclasses.asdict(x) for x in predictions],
                     kernels=[dataclasses.asdict(r) for r in all_reports])
         from .results import _atomic_write
