@@ -1,6 +1,7 @@
 """Which backend runs a call: forced by `use_backend`/LKCONV_BACKEND, else the first that accepts it.
 
-Unforced order on CUDA: cuda, then triton, then the PyTorch reference (see `CUDA_RULE` for the evidence);
+Unforced order on CUDA: the tensor-core or the CUDA-core kernels first, by the predicted figures for the pass and
+shape, then the other, then triton, then the PyTorch reference (see `CUDA_RULE` for the evidence);
 on CPU: the C++ kernels, then the reference. A forced backend that refuses a call raises
 BackendNotSupportedError naming the reasons; it never falls back.
 """
@@ -41,7 +42,8 @@ def forced_backend() -> Optional[str]:
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Run every lkconv call inside the block on backend `name` ("cpu", "cuda", "triton", "torch", or "auto").
+    """Run every lkconv call inside the block on backend `name` ("cpu", "cuda", "tensorcore", "triton", "torch",
+    or "auto").
 
     A call that backend cannot run raises BackendNotSupportedError instead of falling back.
 
@@ -67,17 +69,40 @@ def _order(call: ConvCall) -> List[str]:
     return ["cpu", "torch"]
 
 
-#: Why the CUDA kernels go first on CUDA devices, for every pass. Both GPU backends are verified in every test
-#: run (the CUDA kernels under the CUDA emulation, the Triton kernels under the interpreter); no GPU has measured
-#: either, so the static prediction decides until measurements exist: for every benchmark shape and pass the
-#: CUDA kernels' predicted useful TFLOP/s is about 12-31x the best Triton config's (forward/backward-input 40.5
-#: vs 3.4 at 56x56 k31, weight gradient 46.0 vs 2.8; `python -m bench.sass`).
-CUDA_RULE = ("cuda before triton for every pass: predicted (static) useful TFLOP/s, "
+#: Which GPU kernels go first on CUDA devices. Every GPU backend is verified in every test run (the CUDA kernels
+#: under the CUDA emulation, the Triton and tensor-core kernels under the interpreter); no GPU has measured them,
+#: so the static prediction of `python -m bench.sass` (bench/results/sass-static.json) decides until
+#: measurements exist. The CUDA-core kernels beat the CUDA-core Triton kernels at every benchmark shape and pass
+#: (predicted useful TFLOP/s about 12-31x). The tensor-core kernels (16-bit, or float32 once the user opts in to
+#: TF32) beat the CUDA-core kernels where the Toeplitz/Hankel tiles are mostly useful work: bf16 forward and
+#: backward-input on maps of 14 and more with a filter side of 27 and more (56x56 k31: 180 vs 38; 14x14 k27: 34
+#: vs 27; 51x5: 157 vs 43), TF32 from maps of 28 (14x14 k27: 21 vs 29), and the weight gradient on maps of 28
+#: and more with both filter sides 27 and more (56x56 k31 bf16: 103 vs 46); not on 7x7 maps, nor for the weight
+#: gradient of a 51x5 filter or a 14x14 map. Outside the benchmark shapes the rule is the same thresholds
+#: (tests/test_dispatch.py checks them against the file).
+CUDA_RULE = ("tensorcore first for 16-bit (and opted-in TF32) calls whose map and filter pass TENSORCORE_RULE, "
+             "else cuda, then tensorcore, then triton: predicted (static) useful TFLOP/s, "
              "bench/results/sass-static.json; no GPU measurement yet")
+#: (pass, "16-bit" | "tf32") -> (smallest output side, smallest filter side that counts) for the tensor-core
+#: kernels to go first; the side that counts is the longer one for the correlations, the shorter one for the
+#: weight gradient.
+TENSORCORE_RULE = {("forward", "16-bit"): (14, 27), ("backward_input", "16-bit"): (14, 27),
+                   ("backward_weight", "16-bit"): (28, 27), ("forward", "tf32"): (28, 27),
+                   ("backward_input", "tf32"): (28, 27), ("backward_weight", "tf32"): (28, 27)}
+
+
+def tensorcore_first(call: ConvCall) -> bool:
+    """Whether the predicted figures put the tensor-core kernels before the CUDA-core ones for this call's pass,
+    precision and shape (whether it may run float32 at all is the backend's own refusal: the TF32 opt-in)."""
+    precision = "16-bit" if call.dtype in (torch.float16, torch.bfloat16) else "tf32"
+    min_map, min_kernel = TENSORCORE_RULE[(call.pass_name, precision)]
+    side = min(call.kh, call.kw) if call.pass_name == "backward_weight" else max(call.kh, call.kw)
+    return min(call.out_h, call.out_w) >= min_map and side >= min_kernel
 
 
 def _cuda_order(call: ConvCall) -> List[str]:
-    return ["cuda", "triton", "torch"]
+    gpu = ["tensorcore", "cuda"] if tensorcore_first(call) else ["cuda", "tensorcore"]
+    return gpu + ["triton", "torch"]
 
 
 def select(call: ConvCall) -> Backend:
