@@ -80,8 +80,8 @@ def _order(call: ConvCall) -> List[str]:
 #: and more with both filter sides 27 and more (56x56 k31 bf16: 103 vs 46); not on 7x7 maps, nor for the weight
 #: gradient of a 51x5 filter or a 14x14 map. Outside the benchmark shapes the rule is the same thresholds
 #: (tests/test_dispatch.py checks them against the file).
-CUDA_RULE = ("tensorcore first for 16-bit (and opted-in TF32) calls whose map and filter pass TENSORCORE_RULE, "
-             "else cuda, then tensorcore, then triton: predicted (static) useful TFLOP/s, "
+CUDA_RULE = ("tensorcore first for 16-bit (and opted-in TF32) NCHW calls whose map and filter pass "
+             "TENSORCORE_RULE, else cuda, then tensorcore, then triton: predicted (static) useful TFLOP/s, "
              "bench/results/sass-static.json; no GPU measurement yet")
 #: (pass, "16-bit" | "tf32") -> (smallest output side, smallest filter side that counts) for the tensor-core
 #: kernels to go first; the side that counts is the longer one for the correlations, the shorter one for the
@@ -93,7 +93,11 @@ TENSORCORE_RULE = {("forward", "16-bit"): (14, 27), ("backward_input", "16-bit")
 
 def tensorcore_first(call: ConvCall) -> bool:
     """Whether the predicted figures put the tensor-core kernels before the CUDA-core ones for this call's pass,
-    precision and shape (whether it may run float32 at all is the backend's own refusal: the TF32 opt-in)."""
+    precision and shape (whether it may run float32 at all is the backend's own refusal: the TF32 opt-in). Only
+    for NCHW tensors: the predictions are for their vector loads, which channels_last rows (C elements apart)
+    do not allow."""
+    if call.channels_last:
+        return False
     precision = "16-bit" if call.dtype in (torch.float16, torch.bfloat16) else "tf32"
     min_map, min_kernel = TENSORCORE_RULE[(call.pass_name, precision)]
     side = min(call.kh, call.kw) if call.pass_name == "backward_weight" else max(call.kh, call.kw)

@@ -135,3 +135,7 @@ def test_cuda_order_follows_the_static_prediction():
         assert order[0] == ("tensorcore" if faster else "cuda")
         checked += 1
     assert checked >= 2 * 3 * len(SHAPES)
+    # channels_last: the CUDA-core kernels first (the tensor-core predictions are for NCHW's vector loads).
+    x = torch.empty(1, 4, 56, 56, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    cl = describe(x, torch.empty(4, 1, 31, 31, dtype=torch.bfloat16), padding=15)
+    assert cl.channels_last and not dispatch.tensorcore_first(cl) and dispatch._cuda_order(cl)[0] == "cuda"

@@ -28,8 +28,9 @@ class TensorCoreBackend(TritonBackend):
 
     def refusals(self, call):
         devices = ("cuda", "cpu") if _interpreting() else ("cuda",)
-        out = common_refusals(call, devices, DTYPES, self._load().MAX_KERNEL if self._load() else None)
-        if call.dtype == torch.float32 and not self._load().tf32_allowed():
+        kernels = self._load()
+        out = common_refusals(call, devices, DTYPES, kernels.MAX_KERNEL if kernels else None)
+        if call.dtype == torch.float32 and kernels and not kernels.tf32_allowed():
             out.append(TF32_OPT_IN)
         if call.c * max(call.h * call.w, call.out_h * call.out_w) >= 2**31:
             out.append("an image of 2^31 or more elements (the kernels index within an image in 32 bits)")
