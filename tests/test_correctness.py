@@ -222,3 +222,52 @@ def test_every_width_and_height_cpu(kernel, algorithm):
             theirs = conv_with_grads(x, wt, None, g, padding="same")
             for name, o, t, r in zip(("output", "grad_input", "grad_weight"), ours, theirs, ref):
                 assert_within_torch_error(o, t, r, f"{h}x{w} {name}")
+
+
+class _FixedConfig:
+    """Stands in for an autotuned kernel and launches one given config: the interpreter's autotuner has only
+    the first, and a GPU's autotuner picks among all of them."""
+
+    def __init__(self, autotuned, config):
+        self.fn, self.config = autotuned.fn, config
+
+    def __getitem__(self, grid):
+        meta = dict(self.config.kwargs)
+
+        def launch(*args, **kwargs):
+            self.fn[grid(meta)](*args, **kwargs, **meta)
+        return launch
+
+
+@pytest.mark.parametrize("which", ["correlate", "wgrad"])
+def test_tensorcore_every_autotune_config(which, monkeypatch):
+    """Each block configuration a GPU's autotuner may pick computes the same convolution (under the
+    interpreter, one warp): a 16-byte aligned NCHW map, a misaligned one and a tall filter."""
+    if not backend_available("tensorcore"):
+        pytest.skip("tensorcore backend unavailable")
+    from lkconv import tensorcore_kernels as tc
+
+    blocks, names = ((tc.CORRELATE_BLOCKS, ("BLOCK_M", "BLOCK_N")) if which == "correlate"
+                     else (tc.WGRAD_BLOCKS, ("BLOCK_I", "BLOCK_J", "BLOCK_X")))
+    attr = "_toeplitz_correlate_kernel" if which == "correlate" else "_hankel_wgrad_kernel"
+    import triton
+
+    torch.manual_seed(0)
+    for (n, c, h, w, kh, kw) in [(2, 2, 12, 24, 13, 13), (1, 2, 9, 11, 5, 7), (1, 1, 20, 16, 31, 3)]:
+        x = torch.randn(n, c, h, w).to(torch.bfloat16)
+        wt = torch.randn(c, 1, kh, kw).to(torch.bfloat16)
+        g = torch.randn(n, c, h, w).to(torch.bfloat16)
+        pad = (kh // 2, kw // 2)
+        x64, w64 = x.double().requires_grad_(), wt.double().requires_grad_()
+        ref = F.conv2d(x64, w64, None, 1, pad, 1, c)
+        ref.backward(g.double())
+        for block in blocks:
+            monkeypatch.setattr(tc, attr, _FixedConfig(getattr(tc, attr), triton.Config(dict(zip(names, block)))))
+            xr, wr = x.clone().requires_grad_(), wt.clone().requires_grad_()
+            with lkconv.use_backend("tensorcore"):
+                y = lkconv.depthwise_conv2d(xr, wr, padding=pad)
+                y.backward(g)
+            pairs = [(y, ref), (xr.grad, x64.grad)] if which == "correlate" else [(wr.grad, w64.grad)]
+            for ours, exact in pairs:
+                err = (ours.double() - exact.detach()).abs().max().item()
+                assert err <= 4 * EPS16[torch.bfloat16] * exact.detach().abs().max().item(), (block, (h, w, kh, kw))
