@@ -57,7 +57,7 @@ import triton
 import triton.language as tl
 
 from .geometry import ConvCall
-from .triton_kernels import _useful_taps
+from .triton_kernels import _tap_window, _useful_taps
 
 #: Longest filter side: the K walk of the forward covers BN + kw - 1 source columns per tile.
 MAX_KERNEL = 127
@@ -310,12 +310,10 @@ def _correlate(src, weight, bias, out, off_t: int, off_l: int, flip: bool):
 def _correlate_rows(src, weight, bias, out, off_t: int, off_l: int, flip: bool):
     n, c, h, w = src.shape
     oh, ow = out.shape[2:]
-    kh, kw = weight.shape[2:]
-    i0, i1 = _useful_taps(kh, h, oh, off_t)
-    j0, j1 = _useful_taps(kw, w, ow, off_l)
-    if i1 < i0 or j1 < j0:  # every tap reads padding only
-        out.copy_(bias.view(1, -1, 1, 1).expand_as(out) if bias is not None else torch.zeros_like(out))
+    window = _tap_window(src, weight, bias, out, off_t, off_l)
+    if window is None:
         return
+    i0, i1, j0, j1 = window
     # The taps that can touch the map, turned for backward-input, contiguous: the band loads index it directly.
     taps = (weight.flip(2, 3) if flip else weight)[:, 0, i0:i1 + 1, j0:j1 + 1].to(src.dtype).contiguous()
     align = _alignment(src, w)

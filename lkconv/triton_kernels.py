@@ -160,16 +160,27 @@ def _useful_taps(k: int, src_len: int, out_len: int, offset: int):
     return max(0, offset - out_len + 1), min(k - 1, offset + src_len - 1)
 
 
+def _tap_window(src: torch.Tensor, weight: torch.Tensor, bias, out: torch.Tensor, off_t: int, off_l: int):
+    """(i0, i1, j0, j1): the taps of a correlation `out[y, x] += src[y + i - off_t, x + j - off_l] w[i, j]` that can
+    touch the map; None after filling `out` with the bias when every tap reads padding only."""
+    (h, w), (oh, ow), (kh, kw) = src.shape[2:], out.shape[2:], weight.shape[2:]
+    i0, i1 = _useful_taps(kh, h, oh, off_t)
+    j0, j1 = _useful_taps(kw, w, ow, off_l)
+    if i1 < i0 or j1 < j0:
+        out.copy_(bias.view(1, -1, 1, 1).expand_as(out) if bias is not None else torch.zeros_like(out))
+        return None
+    return i0, i1, j0, j1
+
+
 def _correlate(src: torch.Tensor, weight: torch.Tensor, bias, out: torch.Tensor, off_t: int, off_l: int,
                flip: bool) -> torch.Tensor:
     n, c, h, w = src.shape
     oh, ow = out.shape[2:]
     kh, kw = weight.shape[2:]
-    i0, i1 = _useful_taps(kh, h, oh, off_t)
-    j0, j1 = _useful_taps(kw, w, ow, off_l)
-    if i1 < i0 or j1 < j0:  # every tap reads padding only
-        out.copy_(bias.view(1, -1, 1, 1).expand_as(out) if bias is not None else torch.zeros_like(out))
+    window = _tap_window(src, weight, bias, out, off_t, off_l)
+    if window is None:
         return out
+    i0, i1, j0, j1 = window
     args = (weight, bias if bias is not None else weight, out)
     geometry = (*src.stride(), *out.stride(), weight.stride(0), weight.stride(2), weight.stride(3),
                 kh, kw, i0, j0, i1 - i0 + 1, j1 - j0 + 1, off_t - i0, off_l - j0)

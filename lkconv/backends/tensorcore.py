@@ -15,16 +15,7 @@ TF32_OPT_IN = ("float32 runs on tensor cores only as TF32, which the user opts i
 
 class TensorCoreBackend(TritonBackend):
     name = "tensorcore"
-
-    def _load(self):
-        if self._kernels is None and self._import_error is None:
-            try:
-                from .. import tensorcore_kernels
-
-                self._kernels = tensorcore_kernels
-            except ImportError as exc:
-                self._import_error = f"triton is not importable ({exc})"
-        return self._kernels
+    kernel_module = "tensorcore_kernels"
 
     def refusals(self, call):
         devices = ("cuda", "cpu") if _interpreting() else ("cuda",)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -22,12 +23,12 @@ class TritonBackend(Backend):
         self._import_error = None
         self._kernels = None
 
+    kernel_module = "triton_kernels"  # the module of lkconv holding the kernels and their launchers
+
     def _load(self):
         if self._kernels is None and self._import_error is None:
             try:
-                from .. import triton_kernels
-
-                self._kernels = triton_kernels
+                self._kernels = importlib.import_module(f"lkconv.{self.kernel_module}")
             except ImportError as exc:
                 self._import_error = f"triton is not importable ({exc})"
         return self._kernels
