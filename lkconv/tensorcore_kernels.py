@@ -57,7 +57,7 @@ import triton
 import triton.language as tl
 
 from .geometry import ConvCall
-from .triton_kernels import _tap_window, _useful_taps
+from .triton_kernels import _tap_window, _weight_taps
 
 #: Longest filter side: the K walk of the forward covers BN + kw - 1 source columns per tile.
 MAX_KERNEL = 127
@@ -355,11 +355,10 @@ def wgrad_splits(c: int, khc: int, kwc: int, rows: int, block_i: int = 32, block
 
 def backward_weight(grad_out, input, call: ConvCall):
     grad_w = torch.zeros((call.c, 1, call.kh, call.kw), dtype=input.dtype, device=input.device)
-    i0, i1 = _useful_taps(call.kh, call.h, call.out_h, call.padding[0])
-    j0, j1 = _useful_taps(call.kw, call.w, call.out_w, call.padding[2])
-    if i1 < i0 or j1 < j0:
+    taps = _weight_taps(call)
+    if taps is None:
         return grad_w
-    khc, kwc = i1 - i0 + 1, j1 - j0 + 1
+    i0, j0, khc, kwc = taps
     splits = wgrad_splits(call.c, khc, kwc, call.n * call.h)
     partial = torch.empty((splits, call.c, khc, kwc), dtype=torch.float32, device=input.device)
 
@@ -372,5 +371,5 @@ def backward_weight(grad_out, input, call: ConvCall):
                                *padded.stride(), *grad_out.stride(), i0, j0, khc, kwc, call.padding[0],
                                call.padding[2], splits, TF32=input.dtype == torch.float32,
                                UPCAST=_upcast(input), ALIGN=_alignment(grad_out, call.out_w))
-    grad_w[:, 0, i0:i1 + 1, j0:j1 + 1] = partial.sum(dim=0).to(input.dtype)
+    grad_w[:, 0, i0:i0 + khc, j0:j0 + kwc] = partial.sum(dim=0).to(input.dtype)
     return grad_w

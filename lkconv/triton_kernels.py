@@ -216,13 +216,20 @@ def backward_input(grad_out: torch.Tensor, weight: torch.Tensor, call: ConvCall)
                       call.kw - 1 - call.padding[2], flip=True)
 
 
-def backward_weight(grad_out: torch.Tensor, input: torch.Tensor, call: ConvCall) -> torch.Tensor:
-    grad_w = torch.zeros((call.c, 1, call.kh, call.kw), dtype=input.dtype, device=input.device)
+def _weight_taps(call: ConvCall):
+    """(i0, j0, rows, cols): the block of taps whose weight gradient can be non-zero (they meet real pixels);
+    None when no tap does."""
     i0, i1 = _useful_taps(call.kh, call.h, call.out_h, call.padding[0])
     j0, j1 = _useful_taps(call.kw, call.w, call.out_w, call.padding[2])
-    if i1 < i0 or j1 < j0:
+    return None if i1 < i0 or j1 < j0 else (i0, j0, i1 - i0 + 1, j1 - j0 + 1)
+
+
+def backward_weight(grad_out: torch.Tensor, input: torch.Tensor, call: ConvCall) -> torch.Tensor:
+    grad_w = torch.zeros((call.c, 1, call.kh, call.kw), dtype=input.dtype, device=input.device)
+    taps = _weight_taps(call)
+    if taps is None:
         return grad_w
-    khc, kwc = i1 - i0 + 1, j1 - j0 + 1
+    i0, j0, khc, kwc = taps
     # Enough programs to fill a large GPU, each over whole output rows; the count depends on the shape only
     # (reproducible results).
     splits = max(1, min(call.n * call.out_h, triton.cdiv(2048, call.c * khc)))
@@ -231,5 +238,5 @@ def backward_weight(grad_out: torch.Tensor, input: torch.Tensor, call: ConvCall)
         input, grad_out, partial, call.n, call.c, call.h, call.w, call.out_h, call.out_w,
         *input.stride(), *grad_out.stride(), i0, j0, khc, kwc, call.padding[0], call.padding[2], splits,
         BLOCK_J=triton.next_power_of_2(kwc))
-    grad_w[:, 0, i0:i1 + 1, j0:j1 + 1] = partial.sum(dim=0).to(input.dtype)
+    grad_w[:, 0, i0:i0 + khc, j0:j0 + kwc] = partial.sum(dim=0).to(input.dtype)
     return grad_w
