@@ -129,6 +129,15 @@ def test_tensorcore_refuses_float32_without_opt_in():
 EPS16 = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 
 
+def test_tensorcore_refuses_what_its_grid_cannot_hold():
+    if not backend_available("tensorcore"):
+        pytest.skip("tensorcore backend unavailable")
+    x, w = torch.randn(1, 70000, 1, 1, dtype=torch.bfloat16), torch.randn(70000, 1, 3, 3, dtype=torch.bfloat16)
+    assert "65535" in lkconv.explain(x, w, padding=1)
+    with lkconv.use_backend("tensorcore"), pytest.raises(lkconv.BackendNotSupportedError, match="65535"):
+        lkconv.depthwise_conv2d(x, w, padding=1)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's own 0 * inf
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_tensorcore_non_finite_inputs_stay_local(dtype):

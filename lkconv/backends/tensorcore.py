@@ -23,6 +23,8 @@ class TensorCoreBackend(TritonBackend):
         out = common_refusals(call, devices, DTYPES, kernels.MAX_KERNEL if kernels else None)
         if call.dtype == torch.float32 and kernels and not kernels.tf32_allowed():
             out.append(TF32_OPT_IN)
+        if call.c > 65535:
+            out.append(f"{call.c} channels: the forward's launch grid holds at most 65535 (its second dimension)")
         if call.c * max(call.h * call.w, call.out_h * call.out_w) >= 2**31:
             out.append("an image of 2^31 or more elements (the kernels index within an image in 32 bits)")
         if call.device.type == "cuda" and torch.cuda.is_available():
