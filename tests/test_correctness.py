@@ -165,11 +165,13 @@ def test_tensorcore_non_finite_inputs_stay_local(dtype):
     assert torch.equal(torch.isfinite(xr.grad), torch.isfinite(x64.grad))
     assert torch.equal(torch.isfinite(wr.grad), torch.isfinite(ref_w))
     assert not torch.isfinite(wr.grad).all()
-    # The recomputed tiles' finite values are right too (16-bit outputs: a few roundings of the largest value).
+    # The recomputed tiles' finite values are right too: within one 16-bit step of the largest value (the sums are
+    # exact products added in float32; Triton 3.8's interpreter converts float32 to bfloat16 by truncation, a
+    # GPU rounds to nearest).
     for what, got, want in (("output", ours, ref), ("grad_input", xr.grad, x64.grad), ("grad_weight", wr.grad, ref_w)):
         real = torch.isfinite(want)
         err = (got.double()[real] - want.detach()[real]).abs().max().item()
-        assert err <= 4 * EPS16[dtype] * want.detach()[real].abs().max().item(), what
+        assert err <= 2 * EPS16[dtype] * want.detach()[real].abs().max().item(), what
 
 
 def test_gradcheck_float64_cpu_kernels():
@@ -279,4 +281,5 @@ def test_tensorcore_every_autotune_config(which, monkeypatch):
             pairs = [(y, ref), (xr.grad, x64.grad)] if which == "correlate" else [(wr.grad, w64.grad)]
             for ours, exact in pairs:
                 err = (ours.double() - exact.detach()).abs().max().item()
-                assert err <= 4 * EPS16[torch.bfloat16] * exact.detach().abs().max().item(), (block, (h, w, kh, kw))
+                # one bfloat16 step of the largest value: the interpreter truncates to bfloat16 (see above)
+                assert err <= 2 * EPS16[torch.bfloat16] * exact.detach().abs().max().item(), (block, (h, w, kh, kw))
