@@ -17,7 +17,7 @@ back by the MMA.
   - Shared memory binds first. The operands cross it twice (cp.async in, wgmma out) at 128 B/clk: a 16-bit step
     of BM=128, BN=32 moves 2 * (2048 + 512) * 2 B = 10 KB in 80 clk for 131k FLOPs (1640 FLOP/clk, against the
     tensor cores' ~3800), x 48% useful. Larger BN feeds the MMA better but wastes more of the band; BM=128 with
-    BN=32 is the best balance at 56x56 k31 (predicted ~180 useful bf16 TFLOP/s, 2.4x the FP32 CUDA-core peak;
+    BN=32 is the best balance at 56x56 k31 (predicted ~180 useful bf16 TFLOP/s, 2.7x the FP32 CUDA-core peak;
     shared memory bound). Reusing one staged input slab for all filter rows (the A of row i+1 is the A of row i
     moved down one row) would remove most of the copies, but needs MMA operands at arbitrary row offsets in
     shared memory (ldmatrix + mma.sync in CUDA), which tl.dot cannot express.
@@ -34,7 +34,7 @@ M = tap rows (BI), N = tap columns (BJ), K = (real input row, output column) in 
 output-gradient rows in reverse order (vector loads from an aligned column), B = a sliding-window (Hankel) view
 of one input row: each tap column is one element further along, so B cannot be a vector load; the input is
 padded along the width once per call (1 + (kw - 1) / W times its size) so that B needs no per-element bounds
-test. B's per-element loads make the weight gradient issue-bound (~90 instructions per 32x32x32 step: ~110
+test. B's per-element loads make the weight gradient issue-bound (~100 instructions per warp and 32x32x32 step: ~103
 predicted useful bf16 TFLOP/s at 56x56 k31). K splits into fixed ranges whose partial sums are added in a fixed
 order afterwards (deterministic, no atomics).
 
