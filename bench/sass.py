@@ -480,7 +480,8 @@ def _compile_triton(kernels, arch_num: int, dtypes=("fp32", "bf16")) -> List[Ker
             fn = autotuned.fn
             constexpr_names = [p.name for p in fn.params if p.is_constexpr]
             for (names, values), warps, dtype in itertools.product(blocks, (4, 8), dtypes):
-                if extra(dtype, dict(zip(names, values))) is None:
+                flags = extra(dtype, dict(zip(names, values)))
+                if flags is None:
                     continue
                 sig, consts = {}, dict(zip(names, values))
                 for p in fn.arg_names:
@@ -493,7 +494,7 @@ def _compile_triton(kernels, arch_num: int, dtypes=("fp32", "bf16")) -> List[Ker
                     else:  # sizes and strides: Python ints, which Triton passes as i32 when they fit
                         sig[p] = "i32"
                 consts.update({p: 1 for p in unit})
-                for flag, value in extra(dtype, consts).items():
+                for flag, value in flags.items():
                     if flag in constexpr_names:
                         consts.setdefault(flag, value)
                 aligned = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(fn.arg_names) if sig[p][0] == "*"}
