@@ -524,71 +524,45 @@ def _compile_triton(kernels, arch_num: int, dtypes=("fp32", "bf16")) -> List[Ker
 
 
 def triton_reports(arch_num: int = 90) -> List[KernelReport]:
-    """Every autotune config of every CUDA-core Triton kernel, compiled for sm_90 without a GPU (float32 and
-    bfloat16)."""
-    from lkconv import triton_kernels as tk
-
-    def flags(dtype, config):
-        return dict(FLIP=False, HAS_BIAS=False, BLOCK_J=32)  # BLOCK_J: a 31-tap row
-
-    kernels = [("correlate_nchw", tk._correlate_nchw_kernel, tk._NCHW_BLOCKS, flags, ()),
-               ("correlate_cl", tk._correlate_cl_kernel, tk._CL_BLOCKS, flags, ()),
-               ("wgrad", tk._wgrad_kernel, tk._WGRAD_BLOCKS, flags, ())]
-    return _compile_triton(kernels, arch_num)
+    """The CUDA-core Triton kernels an NCHW call runs (the Toeplitz/Hankel GEMMs with IEEE fp32 products, which
+    Triton lowers to FMAs), every autotune config compiled for sm_90 without a GPU (float32 and bfloat16)."""
+    return gemm_reports(arch_num, cuda_cores=True)
 
 
 def triton_predictions(reports: Sequence[KernelReport], arch: str = "sm_90") -> List[Prediction]:
-    """Per benchmark shape, pass and dtype: the Triton config with the best issue-bound prediction (the
-    autotuner picks by measurement on a GPU; this is the best it could do by this model)."""
-    from lkconv.triton_kernels import _useful_taps
-
+    """Per benchmark shape, pass and dtype: the CUDA-core Triton config with the best issue-bound prediction
+    (the autotuner picks by measurement on a GPU; this is the best it could do by this model): FP32 peak x the
+    hot loop's FMA share x useful multiply-adds / the multiply-adds of the GEMM steps the kernel walks."""
     out = []
-    for shape, n, c, size, kh, kw in SHAPES:
-        pad = (kh // 2, kw // 2)
-        useful = _useful_macs(n, c, size, size, kh, kw, pad)
-        for pass_ in ("forward", "backward_input", "backward_weight"):
-            if pass_ == "backward_input":
-                i0, i1 = _useful_taps(kh, size, size, kh - 1 - pad[0])
-                j0, j1 = _useful_taps(kw, size, size, kw - 1 - pad[1])
-            else:
-                i0, i1 = _useful_taps(kh, size, size, pad[0])
-                j0, j1 = _useful_taps(kw, size, size, pad[1])
-            khc, kwc = i1 - i0 + 1, j1 - j0 + 1
-            for dtype, tdt in (("float32", "fp32"), ("bfloat16", "bf16")):
-                best = None
-                for r in reports:
-                    name = r.kernel.split()[1] if r.kernel.startswith("triton ") else ""
-                    if not r.kernel.endswith(tdt) or (pass_ == "backward_weight") != (name == "wgrad"):
-                        continue
-                    cfg = r.config
-                    if name == "correlate_nchw":
-                        bh, bw = cfg["BLOCK_H"], cfg["BLOCK_W"]
-                        performed = n * c * math.ceil(size / bh) * bh * math.ceil(size / bw) * bw * khc * kwc
-                        threads = 32 * cfg["num_warps"]
-                        smem = 0
-                    elif name == "correlate_cl":
-                        bp, bc = cfg["BLOCK_P"], cfg["BLOCK_C"]
-                        performed = math.ceil(n * size * size / bp) * bp * math.ceil(c / bc) * bc * khc * kwc
-                        threads, smem = 32 * cfg["num_warps"], 0
-                    elif name == "wgrad":  # per (filter row, output row) whose input row is real: column blocks
-                        bp, bj = cfg["BLOCK_P"], 1 << max(0, (kwc - 1).bit_length())
-                        real_rows = sum(0 <= oy + i - pad[0] < size for i in range(i0, i1 + 1) for oy in range(size))
-                        performed = c * n * real_rows * math.ceil(size / bp) * bp * bj
-                        threads, smem = 32 * cfg["num_warps"], 0
-                    else:
-                        continue
-                    share = r.ffma_share or (r.hot_loop.get("FADD/FMUL", 0) / 2 / max(1, sum(r.hot_loop.values())))
-                    util = useful / performed
-                    occ = occupancy(arch, r.regs, smem + r.static_smem, threads)
-                    pred = Prediction(shape, pass_, dtype, "triton", r.kernel, r.kernel.split("[")[1].split("]")[0],
-                                      r.regs, r.spill_bytes, smem + r.static_smem, threads, occ["fraction"],
-                                      occ["limiter"], share, util, PEAK_FP32_TFLOPS[arch] * share * util,
-                                      "code outside the loop, global-memory latency (no shared-memory reuse)")
-                    if best is None or pred.predicted_useful_tflops > best.predicted_useful_tflops:
-                        best = pred
-                if best:
-                    out.append(best)
+    for shape, n, c, size, kh, kw, pass_, useful, dtype, tdt in _prediction_cases():
+        best = None
+        for r in reports:
+            work = gemm_step_work(r, tdt, pass_, n, c, size, kh, kw)
+            if work is None or not r.ffma_share:
+                continue
+            steps, flops = work
+            util = useful / (steps * flops / 2)
+            occ = occupancy(arch, r.regs, r.static_smem, 32 * r.config["num_warps"])
+            pred = Prediction(shape, pass_, dtype, "triton", r.kernel, r.kernel.split("[")[1].split("]")[0],
+                              r.regs, r.spill_bytes, r.static_smem, 32 * r.config["num_warps"], occ["fraction"],
+                              occ["limiter"], r.ffma_share, util, PEAK_FP32_TFLOPS[arch] * r.ffma_share * util,
+                              "code outside the FMA loop (the outer filter-row/input-row loop, the finiteness "
+                              "check, stores, the weight gradient's partial sums), the per-call band table and "
+                              "padded input, memory stalls")
+            if best is None or pred.predicted_useful_tflops > best.predicted_useful_tflops:
+                best = pred
+        if best:
+            out.append(best)
     return out
+
+
+def _prediction_cases():
+    """(shape, n, c, size, kh, kw, pass, useful multiply-adds, torch dtype name, Triton dtype) of the benchmark."""
+    for shape, n, c, size, kh, kw in SHAPES:
+        useful = _useful_macs(n, c, size, size, kh, kw, (kh // 2, kw // 2))
+        for pass_ in ("forward", "backward_input", "backward_weight"):
+            for dtype, tdt in (("float32", "fp32"), ("bfloat16", "bf16")):
+                yield shape, n, c, size, kh, kw, pass_, useful, dtype, tdt
 
 
 # ---- the tensor-core kernels ---------------------------------------------------------------------------------------
@@ -601,12 +575,19 @@ SM90_SMS, SM90_CLOCK_GHZ, SMEM_BYTES_PER_CLK = 132, 1.98, 128
 def tensorcore_reports(arch_num: int = 90) -> List[KernelReport]:
     """Every autotune config of the tensor-core kernels (lkconv/tensorcore_kernels.py) for sm_90: bfloat16, and
     float32 as TF32, for NCHW-contiguous tensors (unit innermost strides)."""
+    return gemm_reports(arch_num, cuda_cores=False)
+
+
+def gemm_reports(arch_num: int, cuda_cores: bool) -> List[KernelReport]:
+    """The Toeplitz/Hankel GEMM kernels (lkconv/tensorcore_kernels.py), every autotune config, as the launchers
+    run them: on the tensor cores (bf16; fp32 as TF32) or, `cuda_cores`, with IEEE fp32 products (the `triton`
+    backend; bf16 widened to fp32)."""
     from lkconv import tensorcore_kernels as tc
 
     def flags(dtype, config):
         if config.get("ALIGN", 1) * (4 if dtype == "fp32" else 2) > 16:  # never picked: 16 bytes at most
             return None
-        return dict(HAS_BIAS=False, TF32=dtype == "fp32", UPCAST=False)
+        return dict(HAS_BIAS=False, TF32=dtype == "fp32" and not cuda_cores, IEEE_FP32=cuda_cores)
 
     # The forward's ALIGN (rows start on ALIGN-element boundaries) follows the map width: each that the benchmark
     # shapes need is compiled.
@@ -615,10 +596,48 @@ def tensorcore_reports(arch_num: int = 90) -> List[KernelReport]:
     correlate = [(("BLOCK_M", "BLOCK_N", "ALIGN"), (*b, a)) for b in tc.CORRELATE_BLOCKS for a in aligns]
     transposed = [(("BLOCK_M", "BLOCK_N", "ALIGN"), (*b, 1)) for b in tc.CORRELATE_BLOCKS]
     wgrad = [(("BLOCK_I", "BLOCK_J", "BLOCK_X", "ALIGN"), (*b, a)) for b in tc.WGRAD_BLOCKS for a in aligns]
-    kernels = [("toeplitz_correlate", tc._toeplitz_correlate_kernel, correlate, flags, ("s_sw", "o_sw")),
-               ("toeplitz_correlate_transposed", tc._toeplitz_correlate_kernel, transposed, flags, ("s_sh", "o_sh")),
-               ("hankel_wgrad", tc._hankel_wgrad_kernel, wgrad, flags, ("x_sw", "g_sw"))]
+    prefix = "fma_" if cuda_cores else ""
+    kernels = [(prefix + "toeplitz_correlate", tc._toeplitz_correlate_kernel, correlate, flags, ("s_sw", "o_sw")),
+               (prefix + "toeplitz_correlate_transposed", tc._toeplitz_correlate_kernel, transposed, flags,
+                ("s_sh", "o_sh")),
+               (prefix + "hankel_wgrad", tc._hankel_wgrad_kernel, wgrad, flags, ("x_sw", "g_sw"))]
     return _compile_triton(kernels, arch_num)
+
+
+def gemm_step_work(r: KernelReport, tdt: str, pass_: str, n: int, c: int, size: int, kh: int, kw: int):
+    """(GEMM steps over all channels, FLOPs per step) of GEMM kernel report `r` for one benchmark case, following
+    the kernel's own walk; None when the launcher would not run this compiled variant for it (another pass,
+    dtype, ALIGN, or the transposed form)."""
+    from lkconv import tensorcore_kernels as tc
+    from lkconv.triton_kernels import _useful_taps
+
+    kind = r.kernel.split()[1].removeprefix("fma_")
+    if not r.kernel.endswith(tdt) or (pass_ == "backward_weight") != (kind == "hankel_wgrad"):
+        return None
+    pad = (kh // 2, kw // 2)
+    off = pad if pass_ != "backward_input" else (kh - 1 - pad[0], kw - 1 - pad[1])
+    i0, i1 = _useful_taps(kh, size, size, off[0])
+    j0, j1 = _useful_taps(kw, size, size, off[1])
+    khc, kwc = i1 - i0 + 1, j1 - j0 + 1
+    elem = 4 if tdt == "fp32" else 2
+    cfg = r.config
+    if kind.startswith("toeplitz_correlate"):
+        # The launcher's choice: transposed for a tall filter, ALIGN from the map width.
+        tall = kh > kw
+        align = 1 if tall else tc.alignment_for(size, (), elem)
+        if (kind == "toeplitz_correlate_transposed") != tall or cfg["ALIGN"] != align:
+            return None
+        bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+        rows, cols = ((khc, off[0] - i0), (kwc, off[1] - j0)) if not tall else \
+            ((kwc, off[1] - j0), (khc, off[0] - i0))
+        steps = c * toeplitz_steps(bm, bn, n, size, size, size, size, rows[0], cols[0], rows[1], cols[1],
+                                   (-cols[1]) % align)
+        return steps, 2 * bm * 16 * bn
+    bi, bj, bx = cfg["BLOCK_I"], cfg["BLOCK_J"], cfg["BLOCK_X"]
+    if cfg["ALIGN"] != tc.alignment_for(size, (), elem):
+        return None
+    steps = c * hankel_steps(bi, bj, bx, n, size, size, size, size, khc, kwc, pad[0] - i0, pad[1] - j0, cfg["ALIGN"])
+    return steps, 2 * bi * bx * bj
 
 
 def toeplitz_steps(bm: int, bn: int, n: int, h: int, w: int, oh: int, ow: int, khc: int, kwc: int, off_t: int,
@@ -659,69 +678,41 @@ def tensorcore_predictions(reports: Sequence[KernelReport]) -> List[Prediction]:
     takes the longest of its issue time (the hot loop's instructions of all its warps over the SM's 4 schedulers),
     its MMA time (at the peak of the MMA kind in the loop) and its shared-memory time (operands staged and read
     back, 128 B/clk); enough resident programs are assumed to overlap the three."""
-    from lkconv import tensorcore_kernels as tc
-    from lkconv.triton_kernels import _useful_taps
-
     clock = SM90_SMS * SM90_CLOCK_GHZ * 1e9
     out = []
-    for shape, n, c, size, kh, kw in SHAPES:
-        pad = (kh // 2, kw // 2)
-        useful = _useful_macs(n, c, size, size, kh, kw, pad)
-        for pass_ in ("forward", "backward_input", "backward_weight"):
-            off = pad if pass_ != "backward_input" else (kh - 1 - pad[0], kw - 1 - pad[1])
-            i0, i1 = _useful_taps(kh, size, size, off[0])
-            j0, j1 = _useful_taps(kw, size, size, off[1])
-            khc, kwc = i1 - i0 + 1, j1 - j0 + 1
-            for dtype, tdt in (("float32", "fp32"), ("bfloat16", "bf16")):
-                elem = 4 if tdt == "fp32" else 2
-                best = None
-                for r in reports:
-                    kind = r.kernel.split()[1]
-                    if not r.kernel.endswith(tdt) or (pass_ == "backward_weight") != (kind == "hankel_wgrad"):
-                        continue
-                    cfg, warps = r.config, r.config["num_warps"]
-                    if kind.startswith("toeplitz_correlate"):
-                        # The launcher's choice: transposed for a tall filter, ALIGN from the map width.
-                        tall = kh > kw
-                        align = 1 if tall else tc.alignment_for(size, (), elem)
-                        if (kind == "toeplitz_correlate_transposed") != tall or cfg["ALIGN"] != align:
-                            continue
-                        bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-                        rows, cols = ((khc, off[0] - i0), (kwc, off[1] - j0)) if not tall else \
-                            ((kwc, off[1] - j0), (khc, off[0] - i0))
-                        steps = c * toeplitz_steps(bm, bn, n, size, size, size, size, rows[0], cols[0], rows[1],
-                                                   cols[1], (-cols[1]) % align)
-                        flops, operands = 2 * bm * 16 * bn, (bm * 16 + 16 * bn) * elem
-                    else:
-                        bi, bj, bx = cfg["BLOCK_I"], cfg["BLOCK_J"], cfg["BLOCK_X"]
-                        if cfg["ALIGN"] != tc.alignment_for(size, (), elem):
-                            continue
-                        steps = c * hankel_steps(bi, bj, bx, n, size, size, size, size, khc, kwc, pad[0] - i0,
-                                                 pad[1] - j0, cfg["ALIGN"])
-                        flops, operands = 2 * bi * bx * bj, (bi * bx + bx * bj) * elem
-                    if not r.hot_loop.get("MMA") or not steps:
-                        continue
-                    mma_kind = "HGMMA" if r.note == "HGMMA" else "HMMA"
-                    instructions = sum(r.hot_loop.values()) * warps
-                    times = {"issue": instructions / 4,
-                             "MMA": flops / (PEAK_MMA_TFLOPS[mma_kind][tdt] * 1e12 / clock),
-                             "shared memory": 2 * operands / SMEM_BYTES_PER_CLK}
-                    bound = max(times, key=times.get)
-                    util = useful / (steps * flops / 2)
-                    tflops = flops / times[bound] * clock / 1e12 * util
-                    occ = occupancy("sm_90", r.regs, r.static_smem, 32 * warps)
-                    pred = Prediction(shape, pass_, dtype, "tensorcore", r.kernel,
-                                      r.kernel.split("[")[1].split("]")[0] + f", {mma_kind}", r.regs, r.spill_bytes,
-                                      r.static_smem, 32 * warps, occ["fraction"], occ["limiter"], 0.0, util, tflops,
-                                      "code outside the MMA loop (the outer filter-row/input-row loop, the finiteness "
-                                      "check, stores, the weight gradient's partial sums), the per-call band table "
-                                      "and padded input, latency not hidden by other programs",
-                                      step_instructions=instructions, step_mma_flops=flops,
-                                      step_smem_bytes=2 * operands, step_global_bytes=operands, bound=bound)
-                    if best is None or pred.predicted_useful_tflops > best.predicted_useful_tflops:
-                        best = pred
-                if best:
-                    out.append(best)
+    for shape, n, c, size, kh, kw, pass_, useful, dtype, tdt in _prediction_cases():
+        elem = 4 if tdt == "fp32" else 2
+        best = None
+        for r in reports:
+            work = gemm_step_work(r, tdt, pass_, n, c, size, kh, kw)
+            if work is None or not r.hot_loop.get("MMA") or not work[0]:
+                continue
+            steps, flops = work
+            cfg, warps = r.config, r.config["num_warps"]
+            m, n_, k = ((cfg["BLOCK_M"], cfg["BLOCK_N"], 16) if "BLOCK_M" in cfg
+                        else (cfg["BLOCK_I"], cfg["BLOCK_J"], cfg["BLOCK_X"]))
+            operands = (m * k + k * n_) * elem
+            mma_kind = "HGMMA" if r.note == "HGMMA" else "HMMA"
+            instructions = sum(r.hot_loop.values()) * warps
+            times = {"issue": instructions / 4,
+                     "MMA": flops / (PEAK_MMA_TFLOPS[mma_kind][tdt] * 1e12 / clock),
+                     "shared memory": 2 * operands / SMEM_BYTES_PER_CLK}
+            bound = max(times, key=times.get)
+            util = useful / (steps * flops / 2)
+            tflops = flops / times[bound] * clock / 1e12 * util
+            occ = occupancy("sm_90", r.regs, r.static_smem, 32 * warps)
+            pred = Prediction(shape, pass_, dtype, "tensorcore", r.kernel,
+                              r.kernel.split("[")[1].split("]")[0] + f", {mma_kind}", r.regs, r.spill_bytes,
+                              r.static_smem, 32 * warps, occ["fraction"], occ["limiter"], 0.0, util, tflops,
+                              "code outside the MMA loop (the outer filter-row/input-row loop, the finiteness "
+                              "check, stores, the weight gradient's partial sums), the per-call band table "
+                              "and padded input, latency not hidden by other programs",
+                              step_instructions=instructions, step_mma_flops=flops,
+                              step_smem_bytes=2 * operands, step_global_bytes=operands, bound=bound)
+            if best is None or pred.predicted_useful_tflops > best.predicted_useful_tflops:
+                best = pred
+        if best:
+            out.append(best)
     return out
 
 

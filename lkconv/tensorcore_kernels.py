@@ -44,6 +44,13 @@ masked-out positions by real pixels), so an Inf or NaN *input* would leak into o
 rest, each program checks its fp32 result once, after the loop, and only when it is not all finite recomputes
 its tile directly, tap by tap, with exactly the products the convolution has. Finite data never pays for it.
 
+On the CUDA cores (`cuda_cores=True`, the `triton` backend): the same GEMMs with operands widened to fp32 and
+`input_precision="ieee"`, which Triton lowers to FFMA loops over operands staged in shared memory: each thread
+holds a block of outputs and reuses every loaded operand across it, the register reuse a direct Triton kernel
+cannot express. The band's zeros now cost FMA issue slots (the useful fraction above is the ceiling), so the
+narrow tiles (BN = 16) fit best: 65-78% FFMA in the hot loop at 128-256 x 16, ~26 predicted useful fp32 TFLOP/s at
+56x56 k31 against ~3.4 for the direct kernel (`python -m bench.sass`).
+
 Layouts: tensors are addressed through their strides, so channels_last works; its loads along a row are C
 elements apart (no vectors), so the NCHW layout is the fast one for this backend.
 """
@@ -65,7 +72,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 #: (BLOCK_M output rows, BLOCK_N output columns) of the forward/backward-input; (BLOCK_I, BLOCK_J, BLOCK_X) of the
 #: weight gradient. The first entry is the one the interpreter runs.
-CORRELATE_BLOCKS = [(64, 32), (64, 16), (32, 32), (128, 32), (64, 64), (16, 32)]
+CORRELATE_BLOCKS = [(64, 32), (64, 16), (32, 32), (128, 32), (64, 64), (16, 32), (128, 16), (256, 16)]
 WGRAD_BLOCKS = [(32, 32, 16), (32, 32, 32), (16, 32, 32), (64, 64, 16)]
 
 
@@ -99,11 +106,13 @@ def _direct_tile(base, wc, oy, x0, real, H, W, OW, s_sh, s_sw, KHC, KWC, OFF_T, 
 
 
 @triton.jit
-def _mma(a, b, acc, TF32: tl.constexpr, UPCAST: tl.constexpr):
-    # acc += a @ b on the tensor cores: 16-bit operands as they are, float32 as TF32 (opt-in). UPCAST: the
-    # interpreter's dot mishandles bfloat16 operands (Triton 3.8), so it gets them widened to float32, which is
-    # the same arithmetic (bf16 x bf16 products are exact in fp32, accumulation is fp32 either way).
-    if UPCAST:
+def _mma(a, b, acc, TF32: tl.constexpr, IEEE_FP32: tl.constexpr):
+    # acc += a @ b: 16-bit operands as they are on the tensor cores, float32 as TF32 (opt-in). IEEE_FP32: both
+    # operands widened to float32 and multiplied exactly, which Triton lowers to FMAs on the CUDA cores (the
+    # `triton` backend's mode, see `forward(cuda_cores=True)`); the interpreter's 16-bit runs use it too, since
+    # its dot mishandles bfloat16 operands (Triton 3.8) -- the same arithmetic: bf16 x bf16 products are exact in
+    # fp32 and accumulation is fp32 either way.
+    if IEEE_FP32:
         acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     elif TF32:
         acc = tl.dot(a, b, acc, input_precision="tf32")
@@ -113,12 +122,12 @@ def _mma(a, b, acc, TF32: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.autotune(configs=_configs(("BLOCK_M", "BLOCK_N"), CORRELATE_BLOCKS),
-                 key=["N", "C", "H", "W", "OH", "OW", "KHC", "KWC", "OFF_T", "OFF_L", "ALIGN", "TF32"])
+                 key=["N", "C", "H", "W", "OH", "OW", "KHC", "KWC", "OFF_T", "OFF_L", "ALIGN", "TF32", "IEEE_FP32"])
 @triton.jit
 def _toeplitz_correlate_kernel(src, w, band, bias, out, N, C, H, W, OH, OW,
                                s_sn, s_sc, s_sh, s_sw, o_sn, o_sc, o_sh, o_sw,
                                KHC, KWC, OFF_T, OFF_L, SHIFT, BAND_Q, BAND_L,
-                               HAS_BIAS: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
+                               HAS_BIAS: tl.constexpr, TF32: tl.constexpr, IEEE_FP32: tl.constexpr,
                                ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # One program: BLOCK_M output rows of channel c, counted over the whole batch (row m is image m // OH, row
     # m % OH: a small map's images share a tile, as they share the channel's T), times BLOCK_N output columns.
@@ -163,7 +172,7 @@ def _toeplitz_correlate_kernel(src, w, band, bias, out, N, C, H, W, OH, OW,
             sx = col0 + kb * 16 + ka
             a = tl.load(rows[:, None] + (sx * s_sw)[None, :], mask=row_ok[:, None] & ((sx >= 0) & (sx < W))[None, :],
                         other=0.0)
-            acc = _mma(a, tl.load(t_rows - kb * 16), acc, TF32, UPCAST)
+            acc = _mma(a, tl.load(t_rows - kb * 16), acc, TF32, IEEE_FP32)
     finite = (acc == acc) & (tl.abs(acc) < float("inf"))
     if tl.min(finite.to(tl.int32)) == 0:
         acc = _direct_tile(base, wc, oy, x0, real, H, W, OW, s_sh, s_sw, KHC, KWC, OFF_T, OFF_L, BLOCK_M, BLOCK_N)
@@ -174,12 +183,12 @@ def _toeplitz_correlate_kernel(src, w, band, bias, out, N, C, H, W, OH, OW,
 
 
 @triton.autotune(configs=_configs(("BLOCK_I", "BLOCK_J", "BLOCK_X"), WGRAD_BLOCKS),
-                 key=["C", "H", "W", "OH", "OW", "KHC", "KWC", "SPLITS", "ALIGN", "TF32"])
+                 key=["C", "H", "W", "OH", "OW", "KHC", "KWC", "SPLITS", "ALIGN", "TF32", "IEEE_FP32"])
 @triton.jit
 def _hankel_wgrad_kernel(x, g, partial, N, C, H, W, OH, OW,
                          x_sn, x_sc, x_sh, x_sw, g_sn, g_sc, g_sh, g_sw,
                          KI0, KJ0, KHC, KWC, PAD_T, PAD_L, SPLITS,
-                         TF32: tl.constexpr, UPCAST: tl.constexpr, ALIGN: tl.constexpr,
+                         TF32: tl.constexpr, IEEE_FP32: tl.constexpr, ALIGN: tl.constexpr,
                          BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_X: tl.constexpr):
     # One program: a BLOCK_I x BLOCK_J block of channel c's (cropped) taps over a fixed range of the real input
     # rows (n, sy) of the batch. `x` is the input padded along the width by the convolution's own padding
@@ -228,7 +237,7 @@ def _hankel_wgrad_kernel(x, g, partial, N, C, H, W, OH, OW,
                 a = tl.load(g_rows[:, None] + (ox * g_sw)[None, :], mask=oy_ok[:, None] & o_ok[None, :], other=0.0)
                 b = tl.load(x_row + (ox[:, None] + shift[None, :]) * x_sw, mask=o_ok[:, None] & tap_ok[None, :],
                             other=0.0)
-                acc = _mma(a, b, acc, TF32, UPCAST)
+                acc = _mma(a, b, acc, TF32, IEEE_FP32)
     finite = (acc == acc) & (tl.abs(acc) < float("inf"))
     if tl.min(finite.to(tl.int32)) == 0:
         # Exact products only (a non-finite input pixel met a masked-out position in the GEMM): recompute, one
@@ -250,6 +259,16 @@ def _hankel_wgrad_kernel(x, g, partial, N, C, H, W, OH, OW,
     tl.store(dst, acc, mask=(ii < KHC)[:, None] & (jj < KWC)[None, :])
 
 
+def gemm_refusals(call: ConvCall):
+    """What the Toeplitz/Hankel launchers cannot index, on either kind of core."""
+    out = []
+    if call.c > 65535:
+        out.append(f"{call.c} channels: the forward's launch grid holds at most 65535 (its second dimension)")
+    if call.c * max(call.h * call.w, call.out_h * call.out_w) >= 2**31:
+        out.append("an image of 2^31 or more elements (the kernels index within an image in 32 bits)")
+    return out
+
+
 def tf32_allowed() -> bool:
     """Whether float32 may run on tensor cores as TF32: the user opted in the way PyTorch users do
     (`torch.set_float32_matmul_precision("high")` or "medium") and has not switched TF32 off for convolutions
@@ -257,8 +276,11 @@ def tf32_allowed() -> bool:
     return torch.get_float32_matmul_precision() != "highest" and torch.backends.cudnn.allow_tf32
 
 
-def _upcast(t: torch.Tensor) -> bool:
-    return _INTERPRET and t.dtype == torch.bfloat16
+def _precision(t: torch.Tensor, cuda_cores: bool):
+    """The kernels' (TF32, IEEE_FP32) flags: on the CUDA cores every dtype is widened to fp32 (exact products);
+    on the tensor cores float32 runs as TF32, and bfloat16 takes the exact path under the interpreter only."""
+    ieee = cuda_cores or (_INTERPRET and t.dtype == torch.bfloat16)
+    return dict(TF32=t.dtype == torch.float32 and not ieee, IEEE_FP32=ieee)
 
 
 def alignment_for(width: int, strides, element_size: int) -> int:
@@ -295,19 +317,20 @@ def _band_table(taps: torch.Tensor, shift: int):
     return table.contiguous(), q
 
 
-def _correlate(src, weight, bias, out, off_t: int, off_l: int, flip: bool):
+def _correlate(src, weight, bias, out, off_t: int, off_l: int, flip: bool, cuda_cores: bool):
     kh, kw = weight.shape[2:]
     if kh > kw:
         # A tall filter (51x5): the Toeplitz band goes along its long side, by running the transposed problem
         # (every tensor is addressed through its strides, so the transpose is free; the input's loads are then
         # strided instead of vectors, a good trade when the band would otherwise be mostly zeros).
-        _correlate_rows(src.transpose(2, 3), weight.transpose(2, 3), bias, out.transpose(2, 3), off_l, off_t, flip)
+        _correlate_rows(src.transpose(2, 3), weight.transpose(2, 3), bias, out.transpose(2, 3), off_l, off_t, flip,
+                        cuda_cores)
     else:
-        _correlate_rows(src, weight, bias, out, off_t, off_l, flip)
+        _correlate_rows(src, weight, bias, out, off_t, off_l, flip, cuda_cores)
     return out
 
 
-def _correlate_rows(src, weight, bias, out, off_t: int, off_l: int, flip: bool):
+def _correlate_rows(src, weight, bias, out, off_t: int, off_l: int, flip: bool, cuda_cores: bool):
     n, c, h, w = src.shape
     oh, ow = out.shape[2:]
     window = _tap_window(src, weight, bias, out, off_t, off_l)
@@ -327,7 +350,7 @@ def _correlate_rows(src, weight, bias, out, off_t: int, off_l: int, flip: bool):
     _toeplitz_correlate_kernel[grid](
         src, taps, band, bias if bias is not None else taps, out, n, c, h, w, oh, ow, *src.stride(), *out.stride(),
         i1 - i0 + 1, j1 - j0 + 1, off_t - i0, off_l, shift, band_q, band.shape[-1], HAS_BIAS=bias is not None,
-        TF32=src.dtype == torch.float32, UPCAST=_upcast(src), ALIGN=align)
+        ALIGN=align, **_precision(src, cuda_cores))
 
 
 def _like(call: ConvCall, h: int, w: int, t: torch.Tensor) -> torch.Tensor:
@@ -335,15 +358,16 @@ def _like(call: ConvCall, h: int, w: int, t: torch.Tensor) -> torch.Tensor:
     return torch.empty((call.n, call.c, h, w), dtype=t.dtype, device=t.device, memory_format=fmt)
 
 
-def forward(input, weight, bias, call: ConvCall):
+def forward(input, weight, bias, call: ConvCall, cuda_cores: bool = False):
+    """cuda_cores: the same GEMMs as exact fp32 FMAs on the CUDA cores (every dtype; the `triton` backend)."""
     out = _like(call, call.out_h, call.out_w, input)
-    return _correlate(input, weight, bias, out, call.padding[0], call.padding[2], flip=False)
+    return _correlate(input, weight, bias, out, call.padding[0], call.padding[2], flip=False, cuda_cores=cuda_cores)
 
 
-def backward_input(grad_out, weight, call: ConvCall):
+def backward_input(grad_out, weight, call: ConvCall, cuda_cores: bool = False):
     grad_in = _like(call, call.h, call.w, grad_out)
     return _correlate(grad_out, weight, None, grad_in, call.kh - 1 - call.padding[0], call.kw - 1 - call.padding[2],
-                      flip=True)
+                      flip=True, cuda_cores=cuda_cores)
 
 
 def wgrad_splits(c: int, khc: int, kwc: int, rows: int, block_i: int = 32, block_j: int = 32) -> int:
@@ -353,7 +377,7 @@ def wgrad_splits(c: int, khc: int, kwc: int, rows: int, block_i: int = 32, block
     return max(1, min(rows, triton.cdiv(1024, programs)))
 
 
-def backward_weight(grad_out, input, call: ConvCall):
+def backward_weight(grad_out, input, call: ConvCall, cuda_cores: bool = False):
     grad_w = torch.zeros((call.c, 1, call.kh, call.kw), dtype=input.dtype, device=input.device)
     taps = _weight_taps(call)
     if taps is None:
@@ -369,7 +393,7 @@ def backward_weight(grad_out, input, call: ConvCall):
     padded = torch.nn.functional.pad(input, (call.padding[2], call.padding[3]))
     _hankel_wgrad_kernel[grid](padded, grad_out, partial, call.n, call.c, call.h, call.w, call.out_h, call.out_w,
                                *padded.stride(), *grad_out.stride(), i0, j0, khc, kwc, call.padding[0],
-                               call.padding[2], splits, TF32=input.dtype == torch.float32,
-                               UPCAST=_upcast(input), ALIGN=_alignment(grad_out, call.out_w))
+                               call.padding[2], splits, ALIGN=_alignment(grad_out, call.out_w),
+                               **_precision(input, cuda_cores))
     grad_w[:, 0, i0:i0 + khc, j0:j0 + kwc] = partial.sum(dim=0).to(input.dtype)
     return grad_w

@@ -1,4 +1,8 @@
-"""Triton kernels of the depthwise convolution: forward, backward-input and backward-weight.
+"""Direct Triton kernels of the depthwise convolution: forward, backward-input and backward-weight.
+
+The `triton` backend runs NCHW calls as the Toeplitz/Hankel GEMMs of tensorcore_kernels.py on the CUDA cores
+(IEEE fp32 products: operands reused from registers); these direct kernels run its channels_last calls and the
+NCHW calls those GEMMs cannot index (over 65535 channels, an image of 2^31 elements).
 
 Forward and backward-input are one correlation kernel (backward-input reads the filter turned by 180 degrees
 with mirrored padding), in two tilings: a 2-D spatial tile per plane for NCHW tensors, and pixels x channels

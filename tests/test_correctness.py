@@ -84,6 +84,30 @@ def test_triton_half_types(case, dtype):
     run_case(case, "triton", dtype)
 
 
+def test_triton_backend_runs_nchw_calls_as_cuda_core_gemms():
+    """NCHW calls run the Toeplitz/Hankel GEMMs with IEEE fp32 products (FMAs on the CUDA cores); channels_last
+    calls the direct kernels (the cases above cover both)."""
+    from lkconv.backends import BACKENDS
+    from lkconv.geometry import plan
+
+    x, w = torch.randn(1, 4, 16, 16), torch.randn(4, 1, 7, 7)
+    module, kwargs = BACKENDS["triton"]._launcher(plan(x, w, None, 1, 3, 1))
+    assert module.__name__ == "lkconv.tensorcore_kernels" and kwargs == {"cuda_cores": True}
+    module, kwargs = BACKENDS["triton"]._launcher(plan(x.contiguous(memory_format=torch.channels_last), w, None, 1,
+                                                       3, 1))
+    assert module.__name__ == "lkconv.triton_kernels" and kwargs == {}
+
+
+@pytest.mark.parametrize("case", [c for c in TRITON_CASES if c.layout != "channels_last"][::2], ids=lambda c: c.id)
+def test_triton_direct_kernels_for_calls_the_gemms_refuse(case, monkeypatch):
+    """NCHW calls the GEMM launchers cannot index (over 65535 channels, an image of 2^31 elements) run the direct
+    kernels: here every such case is sent there."""
+    from lkconv import tensorcore_kernels as tc
+
+    monkeypatch.setattr(tc, "gemm_refusals", lambda call: ["refused by the test"])
+    run_case(case, "triton", torch.float32)
+
+
 # The tensor-core kernels (Toeplitz/Hankel GEMMs on tl.dot) under the interpreter: every kernel family at 16 bits,
 # plus the long sums of k = 51 and 63 (one case each), and float32 as TF32 once the user opts in.
 TENSORCORE_CASES = cases(per_kernel=1, max_channels=3, max_map=16)

@@ -235,7 +235,7 @@ from lkconv import tensorcore_kernels as tc
 
 
 def flags(dtype, config):
-    return dict(HAS_BIAS=False, TF32=False, UPCAST=False)
+    return dict(HAS_BIAS=False, TF32=False, IEEE_FP32=False)
 
 
 kernels = [("toeplitz_correlate", tc._toeplitz_correlate_kernel, [(("BLOCK_M", "BLOCK_N", "ALIGN"), (64, 32, 8))],
@@ -262,3 +262,38 @@ def test_tensorcore_kernel_hot_loop_on_sm90(tmp_path):
     assert kind == "HGMMA" and int(mma) >= 1
     assert int(ldg) <= 4 and int(sts) == 0  # 2 x LDGSTS.128 per thread per step
     assert int(size) < 80
+
+
+FMA_SCRIPT = r"""
+from bench import sass
+from lkconv import tensorcore_kernels as tc
+
+
+def flags(dtype, config):
+    return dict(HAS_BIAS=False, TF32=False, IEEE_FP32=True)
+
+
+kernels = [("fma_toeplitz_correlate", tc._toeplitz_correlate_kernel, [(("BLOCK_M", "BLOCK_N", "ALIGN"), (128, 16, 4))],
+            flags, ("s_sw", "o_sw"))]
+report = sass._compile_triton(kernels, 90, dtypes=("fp32",))[0]  # 4 warps (then 8)
+print(report.hot_loop.get("MMA", 0), report.hot_loop.get("FFMA", 0), report.hot_loop.get("LDG", 0),
+      sum(report.hot_loop.values()), report.spill_bytes)
+"""
+
+
+def test_cuda_core_gemm_hot_loop_on_sm90(tmp_path):
+    """The `triton` backend's forward (the Toeplitz GEMM with IEEE fp32 products) compiles to an FMA loop on the
+    CUDA cores: no MMA, most of the loop FFMA (each staged operand reused from registers across a thread's
+    outputs), operands still vector copies, no spills."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "compile_fma.py"
+    script.write_text(FMA_SCRIPT)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run([sys.executable, str(script)], env=env, cwd=root, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    mma, ffma, ldg, size, spills = map(int, run.stdout.split())
+    assert mma == 0 and spills == 0
+    assert ffma == 128 * 16 * 16 // 128  # the step's multiply-adds per thread, nothing else multiplies
+    assert ffma >= 0.6 * size and ldg <= 8

@@ -17,16 +17,17 @@ class TensorCoreBackend(TritonBackend):
     name = "tensorcore"
     kernel_module = "tensorcore_kernels"
 
+    def _launcher(self, call):
+        return self._load(), {}
+
     def refusals(self, call):
         devices = ("cuda", "cpu") if _interpreting() else ("cuda",)
         kernels = self._load()
         out = common_refusals(call, devices, DTYPES, kernels.MAX_KERNEL if kernels else None)
         if call.dtype == torch.float32 and kernels and not kernels.tf32_allowed():
             out.append(TF32_OPT_IN)
-        if call.c > 65535:
-            out.append(f"{call.c} channels: the forward's launch grid holds at most 65535 (its second dimension)")
-        if call.c * max(call.h * call.w, call.out_h * call.out_w) >= 2**31:
-            out.append("an image of 2^31 or more elements (the kernels index within an image in 32 bits)")
+        if kernels:
+            out += kernels.gemm_refusals(call)
         if call.device.type == "cuda" and torch.cuda.is_available():
             major, _ = torch.cuda.get_device_capability(call.device)
             if major < 8:

@@ -1,4 +1,11 @@
-"""The Triton kernels (lkconv/triton_kernels): CUDA devices, or CPU tensors under TRITON_INTERPRET=1 (tests)."""
+"""The CUDA-core Triton kernels: CUDA devices, or CPU tensors under TRITON_INTERPRET=1 (tests).
+
+NCHW calls run the Toeplitz/Hankel GEMMs of lkconv/tensorcore_kernels.py with fp32 operands and IEEE products,
+which Triton lowers to FMAs on the CUDA cores: `tl.dot` stages the operands in shared memory and reuses each one
+from registers across a per-thread block of outputs, which a direct Triton kernel cannot (it has no register
+shifts, so every tap is a load). Predicted 6-10x the direct kernels' useful FLOP/s (`python -m bench.sass`).
+channels_last calls (rows C elements apart: no vector loads) and the calls the GEMM launchers cannot index run the
+direct kernels of lkconv/triton_kernels.py."""
 
 from __future__ import annotations
 
@@ -49,11 +56,21 @@ class TritonBackend(Backend):
             return ["the Triton interpreter is for testing; the C++ kernels run CPU tensors"]
         return []
 
+    def _launcher(self, call):
+        """(kernel module, its launchers' keyword arguments) for this call."""
+        gemm = importlib.import_module("lkconv.tensorcore_kernels")
+        if not call.channels_last and not gemm.gemm_refusals(call):
+            return gemm, {"cuda_cores": True}
+        return self._load(), {}
+
     def forward(self, input, weight, bias, call):
-        return self._load().forward(input, weight, bias, call)
+        module, kwargs = self._launcher(call)
+        return module.forward(input, weight, bias, call, **kwargs)
 
     def backward_input(self, grad_out, weight, call):
-        return self._load().backward_input(grad_out, weight, call)
+        module, kwargs = self._launcher(call)
+        return module.backward_input(grad_out, weight, call, **kwargs)
 
     def backward_weight(self, grad_out, input, call):
-        return self._load().backward_weight(grad_out, input, call)
+        module, kwargs = self._launcher(call)
+        return module.backward_weight(grad_out, input, call, **kwargs)
