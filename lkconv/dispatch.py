@@ -73,10 +73,11 @@ def _order(call: ConvCall) -> List[str]:
 #: under the CUDA emulation, the Triton and tensor-core kernels under the interpreter); no GPU has measured them,
 #: so the static prediction of `python -m bench.sass` (bench/results/sass-static.json) decides until
 #: measurements exist. The CUDA-core kernels beat the CUDA-core Triton kernels at every benchmark shape and pass
-#: (predicted useful TFLOP/s about 12-31x). The tensor-core kernels (16-bit, or float32 once the user opts in to
+#: (predicted useful TFLOP/s 1.35-21x: the Triton GEMMs spend FMAs on the Toeplitz band's zeros, most at small
+#: maps). The tensor-core kernels (16-bit, or float32 once the user opts in to
 #: TF32) beat the CUDA-core kernels where the Toeplitz/Hankel tiles are mostly useful work: bf16 forward and
-#: backward-input on maps of 14 and more with a filter side of 27 and more (56x56 k31: 180 vs 38; 14x14 k27: 34
-#: vs 27; 51x5: 157 vs 43), TF32 from maps of 28 (14x14 k27: 21 vs 29), and the weight gradient on maps of 28
+#: backward-input on maps of 14 and more with a filter side of 27 and more (56x56 k31: 180 vs 38; 14x14 k27: 38
+#: vs 27; 51x5: 157 vs 43), TF32 from maps of 28 (14x14 k27: 24 vs 29), and the weight gradient on maps of 28
 #: and more with both filter sides 27 and more (56x56 k31 bf16: 103 vs 46); not on 7x7 maps, nor for the weight
 #: gradient of a 51x5 filter or a 14x14 map. Outside the benchmark shapes the rule is the same thresholds
 #: (tests/test_dispatch.py checks them against the file).
