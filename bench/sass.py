@@ -643,12 +643,12 @@ def gemm_step_work(r: KernelReport, tdt: str, pass_: str, n: int, c: int, size: 
 def toeplitz_steps(bm: int, bn: int, n: int, h: int, w: int, oh: int, ow: int, khc: int, kwc: int, off_t: int,
                    off_l: int, shift: int = 0) -> int:
     """MMA steps (one filter row x 16 source columns) that one channel of the Toeplitz correlation issues over
-    the batch, following the kernel's own walk: tiles of `bm` rows counted over (image, row), filter rows and
+    the batch, following the kernel's own walk: tiles of `bm` rows counted over (row, image), filter rows and
     16-column steps that read padding only skipped; `shift`: the columns the window starts left of the first
     tap's, for aligned loads."""
     steps = 0
     for m0 in range(0, n * oh, bm):
-        ys = [m % oh for m in range(m0, min(m0 + bm, n * oh))]
+        ys = [m // n for m in range(m0, min(m0 + bm, n * oh))]
         i_lo, i_hi = max(0, off_t - max(ys)), min(khc, h + off_t - min(ys))
         for x0 in range(0, ow, bn):
             col0 = x0 - off_l - shift

@@ -26,9 +26,11 @@ back by the MMA.
     built once per call (`_band_table`: 16 shifted copies of each filter row, ~16 x (Q + 64) / kw times the
     taps) in which every T_i of every step is a block of aligned rows. Per-element loads of T with a band mask
     cost ~25 instructions per step; the table costs one gather per call.
-  - The rows of a tile are counted over (image, row), so the images of a small map share one tile (they share the
-    channel's T): a 7x7 map does not leave 57 of 64 rows idle. Filter rows whose source rows are padding for the
-    whole tile and 16-column steps that read padding only are skipped per program.
+  - The rows of a tile are counted over (row, image), image fastest: the images share the channel's T, so a 7x7
+    map does not leave 57 of 64 rows idle, and a tile spans as few output rows as the batch allows. Filter rows
+    whose source rows are padding for the whole tile and 16-column steps that read padding only are skipped per
+    program, so the row skip is nearly exact: 128 rows of a batch of 64 on a 14x14 map span 2 output rows, which
+    meet 15 of 27 filter rows (image-major, a tile spans every output row and meets all 27).
 Weight gradient (Hankel). dW[c, i, j] = sum over (n, sy, ox) of g[n, c, sy + pt - i, ox] * x[n, c, sy, ox + j - pl]:
 M = tap rows (BI), N = tap columns (BJ), K = (real input row, output column) in steps of BX output columns. A =
 output-gradient rows in reverse order (vector loads from an aligned column), B = a sliding-window (Hankel) view
@@ -129,8 +131,9 @@ def _toeplitz_correlate_kernel(src, w, band, bias, out, N, C, H, W, OH, OW,
                                KHC, KWC, OFF_T, OFF_L, SHIFT, BAND_Q, BAND_L,
                                HAS_BIAS: tl.constexpr, TF32: tl.constexpr, IEEE_FP32: tl.constexpr,
                                ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # One program: BLOCK_M output rows of channel c, counted over the whole batch (row m is image m // OH, row
-    # m % OH: a small map's images share a tile, as they share the channel's T), times BLOCK_N output columns.
+    # One program: BLOCK_M output rows of channel c, counted over the whole batch image fastest (row m is output
+    # row m // N of image m % N: the images share the channel's T, and a tile spans few output rows, so few
+    # filter rows), times BLOCK_N output columns.
     # `w`: the taps that can touch the map, (C, KHC, KWC) contiguous, already turned for backward-input;
     # `band`: the same taps laid out so that every T_i of every step is a block of aligned rows (_band_table).
     # ALIGN: the rows of `src` start on ALIGN-element boundaries (16 bytes at most) and the map width is a
@@ -139,9 +142,9 @@ def _toeplitz_correlate_kernel(src, w, band, bias, out, N, C, H, W, OH, OW,
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     c = tl.program_id(1).to(tl.int64)
     x0 = tl.program_id(2) * BLOCK_N
-    img = m // OH
-    oy = m - img * OH
-    real = img < N
+    oy = m // N
+    img = m - oy * N
+    real = oy < OH
     ox = x0 + tl.arange(0, BLOCK_N)
     ka = tl.arange(0, 16)
     # The host guarantees these multiples of ALIGN; `// ALIGN * ALIGN` says so to Triton's alignment analysis
