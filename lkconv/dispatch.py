@@ -73,13 +73,13 @@ def _order(call: ConvCall) -> List[str]:
 #: under the CUDA emulation, the Triton and tensor-core kernels under the interpreter); no GPU has measured them,
 #: so the static prediction of `python -m bench.sass` (bench/results/sass-static.json) decides until
 #: measurements exist. The CUDA-core kernels beat the CUDA-core Triton kernels at every benchmark shape and pass
-#: (predicted useful TFLOP/s 1.35-21x: the Triton GEMMs spend FMAs on the Toeplitz band's zeros, most at small
-#: maps). The tensor-core kernels (16-bit, or float32 once the user opts in to
-#: TF32) beat the CUDA-core kernels where the Toeplitz/Hankel tiles are mostly useful work: bf16 forward and
-#: backward-input on maps of 14 and more with a filter side of 27 and more (56x56 k31: 180 vs 38; 14x14 k27: 38
-#: vs 27; 51x5: 157 vs 43), TF32 from maps of 28 (14x14 k27: 24 vs 29), and the weight gradient on maps of 28
-#: and more with both filter sides 27 and more (56x56 k31 bf16: 103 vs 46); not on 7x7 maps, nor for the weight
-#: gradient of a 51x5 filter or a 14x14 map. Outside the benchmark shapes the rule is the same thresholds
+#: (predicted useful TFLOP/s 1.03-21x: the Triton GEMMs spend FMAs on the Toeplitz/Hankel zeros, most at small
+#: maps and in the weight gradient). The tensor-core kernels (16-bit, or float32 once the user opts in to
+#: TF32) beat the CUDA-core kernels where the Toeplitz/Hankel tiles are mostly useful work: forward and
+#: backward-input on maps of 14 and more with a filter side of 27 and more (bf16 56x56 k31: 206 vs 38; 14x14 k27:
+#: 63 vs 27; 51x5: 160 vs 43; TF32 14x14 k27: 42 vs 29), not on 7x7 maps (bf16 7x7 k13: 18 vs 24), and the
+#: weight gradient on maps of 28 and more with both filter sides 27 and more (56x56 k31 bf16: 103 vs 46), not for
+#: a 51x5 filter or a 14x14 map. Outside the benchmark shapes the rule is the same thresholds
 #: (tests/test_dispatch.py checks them against the file).
 CUDA_RULE = ("tensorcore first for 16-bit (and opted-in TF32) NCHW calls whose map and filter pass "
              "TENSORCORE_RULE, else cuda, then tensorcore, then triton: predicted (static) useful TFLOP/s, "
@@ -88,8 +88,8 @@ CUDA_RULE = ("tensorcore first for 16-bit (and opted-in TF32) NCHW calls whose m
 #: kernels to go first; the side that counts is the longer one for the correlations, the shorter one for the
 #: weight gradient.
 TENSORCORE_RULE = {("forward", "16-bit"): (14, 27), ("backward_input", "16-bit"): (14, 27),
-                   ("backward_weight", "16-bit"): (28, 27), ("forward", "tf32"): (28, 27),
-                   ("backward_input", "tf32"): (28, 27), ("backward_weight", "tf32"): (28, 27)}
+                   ("backward_weight", "16-bit"): (28, 27), ("forward", "tf32"): (14, 27),
+                   ("backward_input", "tf32"): (14, 27), ("backward_weight", "tf32"): (28, 27)}
 
 
 def tensorcore_first(call: ConvCall) -> bool:

@@ -17,7 +17,7 @@ back by the MMA.
   - Shared memory binds first. The operands cross it twice (cp.async in, wgmma out) at 128 B/clk: a 16-bit step
     of BM=128, BN=32 moves 2 * (2048 + 512) * 2 B = 10 KB in 80 clk for 131k FLOPs (1640 FLOP/clk, against the
     tensor cores' ~3800), x 48% useful. Larger BN feeds the MMA better but wastes more of the band; BM=128 with
-    BN=32 is the best balance at 56x56 k31 (predicted ~180 useful bf16 TFLOP/s, 2.7x the FP32 CUDA-core peak;
+    BN=32 is the best balance at 56x56 k31 (predicted ~206 useful bf16 TFLOP/s, 3.1x the FP32 CUDA-core peak;
     shared memory bound). Reusing one staged input slab for all filter rows (the A of row i+1 is the A of row i
     moved down one row) would remove most of the copies, but needs MMA operands at arbitrary row offsets in
     shared memory (ldmatrix + mma.sync in CUDA), which tl.dot cannot express.
@@ -50,7 +50,7 @@ On the CUDA cores (`cuda_cores=True`, the `triton` backend): the same GEMMs with
 `input_precision="ieee"`, which Triton lowers to FFMA loops over operands staged in shared memory: each thread
 holds a block of outputs and reuses every loaded operand across it, the register reuse a direct Triton kernel
 cannot express. The band's zeros now cost FMA issue slots (the useful fraction above is the ceiling), so the
-narrow tiles (BN = 16) fit best: 65-78% FFMA in the hot loop at 128-256 x 16, ~26 predicted useful fp32 TFLOP/s at
+narrow tiles (BN = 16) fit best: 65-78% FFMA in the hot loop at 128-256 x 16, ~30 predicted useful fp32 TFLOP/s at
 56x56 k31 against ~3.4 for the direct kernel (`python -m bench.sass`).
 
 Layouts: tensors are addressed through their strides, so channels_last works; its loads along a row are C
