@@ -274,12 +274,14 @@ class _FixedConfig:
         return launch
 
 
+@pytest.mark.parametrize("backend,dtype", [("tensorcore", torch.bfloat16), ("triton", torch.float32)], ids=str)
 @pytest.mark.parametrize("which", ["correlate", "wgrad"])
-def test_tensorcore_every_autotune_config(which, monkeypatch):
+def test_gemm_kernels_every_autotune_config(which, backend, dtype, monkeypatch):
     """Each block configuration a GPU's autotuner may pick computes the same convolution (under the
-    interpreter, one warp): a 16-byte aligned NCHW map, a misaligned one and a tall filter."""
-    if not backend_available("tensorcore"):
-        pytest.skip("tensorcore backend unavailable")
+    interpreter, one warp): a 16-byte aligned NCHW map, a misaligned one and a tall filter; on the tensor cores
+    (bfloat16) and as the `triton` backend's CUDA-core GEMMs (float32)."""
+    if not backend_available(backend):
+        pytest.skip(f"{backend} backend unavailable")
     from lkconv import tensorcore_kernels as tc
 
     blocks, names = ((tc.CORRELATE_BLOCKS, ("BLOCK_M", "BLOCK_N")) if which == "correlate"
@@ -289,21 +291,26 @@ def test_tensorcore_every_autotune_config(which, monkeypatch):
 
     torch.manual_seed(0)
     for (n, c, h, w, kh, kw) in [(2, 2, 12, 24, 13, 13), (1, 2, 9, 11, 5, 7), (1, 1, 20, 16, 31, 3)]:
-        x = torch.randn(n, c, h, w).to(torch.bfloat16)
-        wt = torch.randn(c, 1, kh, kw).to(torch.bfloat16)
-        g = torch.randn(n, c, h, w).to(torch.bfloat16)
+        x = torch.randn(n, c, h, w).to(dtype)
+        wt = torch.randn(c, 1, kh, kw).to(dtype)
+        g = torch.randn(n, c, h, w).to(dtype)
         pad = (kh // 2, kw // 2)
         x64, w64 = x.double().requires_grad_(), wt.double().requires_grad_()
         ref = F.conv2d(x64, w64, None, 1, pad, 1, c)
         ref.backward(g.double())
+        theirs = conv_with_grads(x, wt, None, g, padding=pad)
         for block in blocks:
             monkeypatch.setattr(tc, attr, _FixedConfig(getattr(tc, attr), triton.Config(dict(zip(names, block)))))
             xr, wr = x.clone().requires_grad_(), wt.clone().requires_grad_()
-            with lkconv.use_backend("tensorcore"):
+            with lkconv.use_backend(backend):
                 y = lkconv.depthwise_conv2d(xr, wr, padding=pad)
                 y.backward(g)
-            pairs = [(y, ref), (xr.grad, x64.grad)] if which == "correlate" else [(wr.grad, w64.grad)]
-            for ours, exact in pairs:
+            pairs = ([(y, ref, theirs[0]), (xr.grad, x64.grad, theirs[1])] if which == "correlate"
+                     else [(wr.grad, w64.grad, theirs[2])])
+            for ours, exact, torch_result in pairs:
+                if dtype == torch.float32:
+                    assert_within_torch_error(ours, torch_result, exact.detach(), f"{block} {(h, w, kh, kw)}")
+                    continue
                 err = (ours.double() - exact.detach()).abs().max().item()
                 # one bfloat16 step of the largest value: the interpreter truncates to bfloat16 (see above)
                 assert err <= 2 * EPS16[torch.bfloat16] * exact.detach().abs().max().item(), (block, (h, w, kh, kw))
