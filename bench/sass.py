@@ -631,7 +631,7 @@ def gemm_step_work(r: KernelReport, tdt: str, pass_: str, n: int, c: int, size: 
         rows, cols = ((khc, off[0] - i0), (kwc, off[1] - j0)) if not tall else \
             ((kwc, off[1] - j0), (khc, off[0] - i0))
         steps = c * toeplitz_steps(bm, bn, n, size, size, size, size, rows[0], cols[0], rows[1], cols[1],
-                                   (-cols[1]) % align)
+                                   (-cols[1]) % 16)
         return steps, 2 * bm * 16 * bn
     bi, bj, bx = cfg["BLOCK_I"], cfg["BLOCK_J"], cfg["BLOCK_X"]
     if cfg["ALIGN"] != tc.alignment_for(size, (), elem):

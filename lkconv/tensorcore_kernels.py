@@ -21,8 +21,9 @@ back by the MMA.
     shared memory bound). Reusing one staged input slab for all filter rows (the A of row i+1 is the A of row i
     moved down one row) would remove most of the copies, but needs MMA operands at arbitrary row offsets in
     shared memory (ldmatrix + mma.sync in CUDA), which tl.dot cannot express.
-  - Every operand load is a 16-byte vector (cp.async): the input window starts on an aligned column (SHIFT
-    columns early, the band shifted to match) when the rows are aligned (ALIGN), and T comes from a band table
+  - Every operand load is a 16-byte vector (cp.async): the input window starts on a 16-column boundary of the map
+    (SHIFT columns early, the band shifted to match; also what aligns the steps with the map, so none is split
+    between padding and pixels needlessly) and the rows are aligned (ALIGN), and T comes from a band table
     built once per call (`_band_table`: 16 shifted copies of each filter row, ~16 x (Q + 64) / kw times the
     taps) in which every T_i of every step is a block of aligned rows. Per-element loads of T with a band mask
     cost ~25 instructions per step; the table costs one gather per call.
@@ -136,9 +137,10 @@ def _toeplitz_correlate_kernel(src, w, band, bias, out, N, C, H, W, OH, OW,
     # filter rows), times BLOCK_N output columns.
     # `w`: the taps that can touch the map, (C, KHC, KWC) contiguous, already turned for backward-input;
     # `band`: the same taps laid out so that every T_i of every step is a block of aligned rows (_band_table).
-    # ALIGN: the rows of `src` start on ALIGN-element boundaries (16 bytes at most) and the map width is a
-    # multiple of it; the window then starts SHIFT columns left of the first tap's, on such a boundary, so the A
-    # loads are vector loads.
+    # The window starts SHIFT columns left of the first tap's, on a multiple of 16 columns of the map: the
+    # 16-column steps then coincide with the map's own column blocks, so steps are either skipped (padding only)
+    # or start at a real column. ALIGN: the rows of `src` start on ALIGN-element boundaries (16 bytes at most) and
+    # the map width is a multiple of it, so the A loads from those 16-aligned columns are vector loads.
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     c = tl.program_id(1).to(tl.int64)
     x0 = tl.program_id(2) * BLOCK_N
@@ -344,7 +346,9 @@ def _correlate_rows(src, weight, bias, out, off_t: int, off_l: int, flip: bool, 
     taps = (weight.flip(2, 3) if flip else weight)[:, 0, i0:i1 + 1, j0:j1 + 1].to(src.dtype).contiguous()
     align = _alignment(src, w)
     off_l -= j0
-    shift = (-off_l) % align
+    # A 14-wide map then takes one step per filter row and output block instead of two, a 28-wide one two
+    # instead of three (the window's first column on a 16-column boundary of the map; also ALIGN-aligned).
+    shift = (-off_l) % 16
     band, band_q = _band_table(taps, shift)
 
     def grid(meta):
