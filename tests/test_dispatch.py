@@ -113,11 +113,12 @@ def _static_evidence():
 def test_cuda_order_follows_the_static_prediction():
     """On CUDA, per pass and shape: the tensor-core kernels first exactly where the static report predicts them
     faster than the CUDA-core kernels (bf16, and float32 as opted-in TF32), the CUDA-core kernels before the
-    Triton ones everywhere."""
+    Triton ones everywhere, as no Triton prediction leads by dispatch.TRITON_MARGIN."""
     from bench.sass import SHAPES
 
     best = _static_evidence()
-    assert best and all(v["cuda"] > v["triton"] for v in best.values() if "triton" in v and "cuda" in v)
+    assert best and all(v["cuda"] * dispatch.TRITON_MARGIN > v["triton"]
+                        for v in best.values() if "triton" in v and "cuda" in v)
     sizes = {name: (size, kh, kw) for name, _, _, size, kh, kw in SHAPES}
     checked = 0
     for (shape, pass_, dtype), by_impl in best.items():

@@ -1,6 +1,7 @@
 """`python -m bench.sass` on kernels whose instruction mix is known: the SASS parser, the hot-loop finder, the
 occupancy calculation, and a real nvcc/Triton compilation for sm_90 (skipped where nvcc is missing)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -229,71 +230,58 @@ def test_hankel_model_counts_every_useful_tap(size, k, n, bi, bj, bx, align):
     assert steps * bi * bj * bx >= call.useful_taps()
 
 
-TENSORCORE_SCRIPT = r"""
+FORWARD_SCRIPT = r"""
+import json
+import sys
+
 from bench import sass
 from lkconv import tensorcore_kernels as tc
 
-
-def flags(dtype, config):
-    return dict(HAS_BIAS=False, TF32=False, IEEE_FP32=False)
+ieee, block, align, dtype = json.loads(sys.argv[1])
 
 
-kernels = [("toeplitz_correlate", tc._toeplitz_correlate_kernel, [(("BLOCK_M", "BLOCK_N", "ALIGN"), (64, 32, 8))],
+def flags(_, config):
+    return dict(HAS_BIAS=False, TF32=False, IEEE_FP32=ieee)
+
+
+kernels = [("toeplitz_correlate", tc._toeplitz_correlate_kernel, [(("BLOCK_M", "BLOCK_N", "ALIGN"), (*block, align))],
             flags, ("s_sw", "o_sw"))]
-report = sass._compile_triton(kernels, 90, dtypes=("bf16",))[0]  # 4 warps (then 8)
-print(report.note, report.hot_loop.get("MMA", 0), report.hot_loop.get("LDG", 0), report.hot_loop.get("STS", 0),
-      sum(report.hot_loop.values()))
+report = sass._compile_triton(kernels, 90, dtypes=(dtype,))[0]  # 4 warps (then 8)
+print(json.dumps(dict(report.hot_loop, note=report.note, size=sum(report.hot_loop.values()),
+                      spills=report.spill_bytes)))
 """
+
+
+def _compile_forward(tmp_path, ieee: bool, block, align: int, dtype: str) -> dict:
+    """The Toeplitz forward compiled for sm_90 in a fresh interpreter (the test session runs Triton interpreted):
+    its hot loop's instruction mix, MMA kind, size and spilled bytes."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "compile_forward.py"
+    script.write_text(FORWARD_SCRIPT)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run([sys.executable, str(script), json.dumps([ieee, list(block), align, dtype])], env=env,
+                         cwd=root, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def test_tensorcore_kernel_hot_loop_on_sm90(tmp_path):
     """The forward's sm_90 hot loop: a warpgroup MMA fed by vector copies (cp.async) of aligned input rows and
     band-table rows, no per-element loads or shared-memory stores (what the alignment hints and the band table
     are for)."""
-    pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = tmp_path / "compile_tensorcore.py"
-    script.write_text(TENSORCORE_SCRIPT)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, str(script)], env=env, cwd=root, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
-    kind, mma, ldg, sts, size = run.stdout.split()
-    assert kind == "HGMMA" and int(mma) >= 1
-    assert int(ldg) <= 4 and int(sts) == 0  # 2 x LDGSTS.128 per thread per step
-    assert int(size) < 80
-
-
-FMA_SCRIPT = r"""
-from bench import sass
-from lkconv import tensorcore_kernels as tc
-
-
-def flags(dtype, config):
-    return dict(HAS_BIAS=False, TF32=False, IEEE_FP32=True)
-
-
-kernels = [("fma_toeplitz_correlate", tc._toeplitz_correlate_kernel, [(("BLOCK_M", "BLOCK_N", "ALIGN"), (128, 16, 4))],
-            flags, ("s_sw", "o_sw"))]
-report = sass._compile_triton(kernels, 90, dtypes=("fp32",))[0]  # 4 warps (then 8)
-print(report.hot_loop.get("MMA", 0), report.hot_loop.get("FFMA", 0), report.hot_loop.get("LDG", 0),
-      sum(report.hot_loop.values()), report.spill_bytes)
-"""
+    mix = _compile_forward(tmp_path, False, (64, 32), 8, "bf16")
+    assert mix["note"] == "HGMMA" and mix.get("MMA", 0) >= 1
+    assert mix.get("LDG", 0) <= 4 and mix.get("STS", 0) == 0  # 2 x LDGSTS.128 per thread per step
+    assert mix["size"] < 80
 
 
 def test_cuda_core_gemm_hot_loop_on_sm90(tmp_path):
     """The `triton` backend's forward (the Toeplitz GEMM with IEEE fp32 products) compiles to an FMA loop on the
     CUDA cores: no MMA, most of the loop FFMA (each staged operand reused from registers across a thread's
     outputs), operands still vector copies, no spills."""
-    pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = tmp_path / "compile_fma.py"
-    script.write_text(FMA_SCRIPT)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, str(script)], env=env, cwd=root, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
-    mma, ffma, ldg, size, spills = map(int, run.stdout.split())
-    assert mma == 0 and spills == 0
-    assert ffma == 128 * 16 * 16 // 128  # the step's multiply-adds per thread, nothing else multiplies
-    assert ffma >= 0.6 * size and ldg <= 8
+    mix = _compile_forward(tmp_path, True, (128, 16), 4, "fp32")
+    assert mix.get("MMA", 0) == 0 and mix["spills"] == 0
+    assert mix["FFMA"] == 128 * 16 * 16 // 128  # the step's multiply-adds per thread, nothing else multiplies
+    assert mix["FFMA"] >= 0.6 * mix["size"] and mix.get("LDG", 0) <= 8
