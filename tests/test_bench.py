@@ -78,3 +78,25 @@ def test_cpu_timing_runs_on_torchs_threads():
     finally:
         torch.set_num_threads(before)
     assert seen and set(seen) == {2}
+
+
+def test_a_backend_that_declines_a_call_is_noted_as_refused_not_failed(tmp_path):
+    """A forced backend that refuses a call (the tensor cores on float32 without the TF32 opt-in, CUDA kernels on
+    a CPU tensor) is a design decision, not a failure: its rows say why and stay out of the README tables."""
+    import math
+
+    import torch
+
+    import lkconv
+    from bench import kernels, readme, results
+    from bench.environment import describe_environment
+
+    refusing = kernels.Impl("lkconv-cuda", lkconv.depthwise_conv2d, "nchw", backend="cuda")
+    rows = kernels.run([kernels.Shape("tiny", 1, 2, 6, 3)], [torch.float32], ["nchw"], ["forward"],
+                       kernels.torch_impls() + [refusing], torch.device("cpu"), quick=True)
+    row = next(r for r in rows if r.impl == "lkconv-cuda")
+    assert row.note.startswith("refused: ") and math.isnan(row.median_ms), row.note
+    assert all(r.median_ms > 0 for r in rows if r.impl == "torch")
+    path = str(tmp_path / "kernels.json")
+    results.save(path, describe_environment(torch.device("cpu"), measure_cpu=False), rows)
+    assert "lkconv-cuda" not in readme.kernel_section(path)
