@@ -600,7 +600,9 @@ def gemm_reports(arch_num: int, cuda_cores: bool) -> List[KernelReport]:
     kernels = [(prefix + "toeplitz_correlate", tc._toeplitz_correlate_kernel, correlate, flags, ("s_sw", "o_sw")),
                (prefix + "toeplitz_correlate_transposed", tc._toeplitz_correlate_kernel, transposed, flags,
                 ("s_sh", "o_sh")),
-               (prefix + "hankel_wgrad", tc._hankel_wgrad_kernel, wgrad, flags, ("x_sw", "g_sw"))]
+               (prefix + "hankel_wgrad", tc._hankel_wgrad_kernel, wgrad, flags, ("x_sw", "g_sw")),
+               (prefix + "toeplitz_packed", tc._toeplitz_packed_kernel, [(("BLOCK_M",), b) for b in tc.PACKED_BLOCKS],
+                flags, ("s_sw", "o_sw"))]
     return _compile_triton(kernels, arch_num)
 
 
@@ -621,6 +623,12 @@ def gemm_step_work(r: KernelReport, tdt: str, pass_: str, n: int, c: int, size: 
     khc, kwc = i1 - i0 + 1, j1 - j0 + 1
     elem = 4 if tdt == "fp32" else 2
     cfg = r.config
+    packed = size <= tc.PACKED_WIDTH  # the launcher's choice for narrow maps (square benchmark maps)
+    if (kind == "toeplitz_packed") != packed and pass_ != "backward_weight":
+        return None
+    if kind == "toeplitz_packed":
+        rows, row_off = (khc, off[0] - i0) if kh <= kw else (kwc, off[1] - j0)
+        return c * packed_steps(cfg["BLOCK_M"], n, size, size, rows, row_off), 2 * cfg["BLOCK_M"] * 16 * 16
     if kind.startswith("toeplitz_correlate"):
         # The launcher's choice: transposed for a tall filter, ALIGN from the map width.
         tall = kh > kw
@@ -655,6 +663,18 @@ def toeplitz_steps(bm: int, bn: int, n: int, h: int, w: int, oh: int, ow: int, k
             kb_lo = max(0, -col0) // 16
             kb_hi = min(_ceil_div(min(bn, ow - x0) + kwc - 1 + shift, 16), _ceil_div(w - col0, 16))
             steps += max(0, i_hi - i_lo) * max(0, kb_hi - kb_lo)
+    return steps
+
+
+def packed_steps(bm: int, n: int, h: int, oh: int, khc: int, off_t: int) -> int:
+    """MMA steps (one filter row; 16 columns holding two images of a map at most 8 wide) that one channel of the
+    packed Toeplitz correlation issues: tiles of `bm` rows counted over (output row, image pair), pair fastest,
+    filter rows that read padding only for the whole tile skipped."""
+    pairs = (n + 1) // 2
+    steps = 0
+    for m0 in range(0, oh * pairs, bm):
+        ys = [m // pairs for m in range(m0, min(m0 + bm, oh * pairs))]
+        steps += max(0, min(khc, h + off_t - min(ys)) - max(0, off_t - max(ys)))
     return steps
 
 
