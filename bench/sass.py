@@ -709,7 +709,7 @@ def tensorcore_predictions(reports: Sequence[KernelReport]) -> List[Prediction]:
                 continue
             steps, flops = work
             cfg, warps = r.config, r.config["num_warps"]
-            m, n_, k = ((cfg["BLOCK_M"], cfg["BLOCK_N"], 16) if "BLOCK_M" in cfg
+            m, n_, k = ((cfg["BLOCK_M"], cfg.get("BLOCK_N", 16), 16) if "BLOCK_M" in cfg
                         else (cfg["BLOCK_I"], cfg["BLOCK_J"], cfg["BLOCK_X"]))
             operands = (m * k + k * n_) * elem
             mma_kind = "HGMMA" if r.note == "HGMMA" else "HMMA"
