@@ -600,9 +600,7 @@ def gemm_reports(arch_num: int, cuda_cores: bool) -> List[KernelReport]:
     kernels = [(prefix + "toeplitz_correlate", tc._toeplitz_correlate_kernel, correlate, flags, ("s_sw", "o_sw")),
                (prefix + "toeplitz_correlate_transposed", tc._toeplitz_correlate_kernel, transposed, flags,
                 ("s_sh", "o_sh")),
-               (prefix + "hankel_wgrad", tc._hankel_wgrad_kernel, wgrad, flags, ("x_sw", "g_sw")),
-               (prefix + "toeplitz_packed", tc._toeplitz_packed_kernel, [(("BLOCK_M",), b) for b in tc.PACKED_BLOCKS],
-                flags, ("s_sw", "o_sw"))]
+               (prefix + "hankel_wgrad", tc._hankel_wgrad_kernel, wgrad, flags, ("x_sw", "g_sw"))]
     return _compile_triton(kernels, arch_num)
 
 
@@ -623,12 +621,6 @@ def gemm_step_work(r: KernelReport, tdt: str, pass_: str, n: int, c: int, size: 
     khc, kwc = i1 - i0 + 1, j1 - j0 + 1
     elem = 4 if tdt == "fp32" else 2
     cfg = r.config
-    packed = size <= tc.PACKED_WIDTH  # the launcher's choice for narrow maps (square benchmark maps)
-    if (kind == "toeplitz_packed") != packed and pass_ != "backward_weight":
-        return None
-    if kind == "toeplitz_packed":
-        rows, row_off = (khc, off[0] - i0) if kh <= kw else (kwc, off[1] - j0)
-        return c * packed_steps(cfg["BLOCK_M"], n, size, size, rows, row_off), 2 * cfg["BLOCK_M"] * 16 * 16
     if kind.startswith("toeplitz_correlate"):
         # The launcher's choice: transposed for a tall filter, ALIGN from the map width.
         tall = kh > kw
@@ -666,18 +658,6 @@ def toeplitz_steps(bm: int, bn: int, n: int, h: int, w: int, oh: int, ow: int, k
     return steps
 
 
-def packed_steps(bm: int, n: int, h: int, oh: int, khc: int, off_t: int) -> int:
-    """MMA steps (one filter row; 16 columns holding two images of a map at most 8 wide) that one channel of the
-    packed Toeplitz correlation issues: tiles of `bm` rows counted over (output row, image pair), pair fastest,
-    filter rows that read padding only for the whole tile skipped."""
-    pairs = (n + 1) // 2
-    steps = 0
-    for m0 in range(0, oh * pairs, bm):
-        ys = [m // pairs for m in range(m0, min(m0 + bm, oh * pairs))]
-        steps += max(0, min(khc, h + off_t - min(ys)) - max(0, off_t - max(ys)))
-    return steps
-
-
 def hankel_steps(bi: int, bj: int, bx: int, n: int, h: int, w: int, oh: int, ow: int, khc: int, kwc: int,
                  pad_t: int, pad_l: int, align: int = 1) -> int:
     """MMA steps (one input row x BX output columns) of one channel's Hankel weight gradient, over its tap
@@ -709,7 +689,7 @@ def tensorcore_predictions(reports: Sequence[KernelReport]) -> List[Prediction]:
                 continue
             steps, flops = work
             cfg, warps = r.config, r.config["num_warps"]
-            m, n_, k = ((cfg["BLOCK_M"], cfg.get("BLOCK_N", 16), 16) if "BLOCK_M" in cfg
+            m, n_, k = ((cfg["BLOCK_M"], cfg["BLOCK_N"], 16) if "BLOCK_M" in cfg
                         else (cfg["BLOCK_I"], cfg["BLOCK_J"], cfg["BLOCK_X"]))
             operands = (m * k + k * n_) * elem
             mma_kind = "HGMMA" if r.note == "HGMMA" else "HMMA"

@@ -77,10 +77,6 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: weight gradient. The first entry is the one the interpreter runs.
 CORRELATE_BLOCKS = [(64, 32), (64, 16), (32, 32), (128, 32), (64, 64), (16, 32), (128, 16), (256, 16)]
 WGRAD_BLOCKS = [(32, 32, 16), (32, 32, 32), (16, 32, 32), (64, 64, 16)]
-#: BLOCK_M (rows over output row x image pair) of the forward/backward-input on maps at most 8 wide.
-PACKED_BLOCKS = [(64,), (128,), (256,)]
-#: Widest map (input and output) that the packed kernel takes: two images per 16-column step.
-PACKED_WIDTH = 8
 
 
 def _configs(names, blocks, warps=(4, 8)):
@@ -90,31 +86,24 @@ def _configs(names, blocks, warps=(4, 8)):
 
 
 @triton.jit
-def _direct_column(base, wc, oy, x, real, H, W, s_sh, s_sw, KHC, KWC, OFF_T, OFF_L, BLOCK_M: tl.constexpr):
-    # Output column x of a tile's rows, tap by tap on the CUDA cores: the exact products (padding is never
-    # multiplied), for tiles whose GEMM result is not finite. `base`: each row's plane; `wc`: the channel's
-    # (KHC, KWC) taps.
-    column = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for i in range(KHC):
-        sy = oy + i - OFF_T
-        row_ok = real & (sy >= 0) & (sy < H)
-        rows = base + sy * s_sh
-        for j in range(KWC):
-            sx = x + j - OFF_L
-            v = tl.load(rows + sx * s_sw, mask=row_ok & (sx >= 0) & (sx < W), other=0.0)
-            column += v.to(tl.float32) * tl.load(wc + i * KWC + j).to(tl.float32)
-    return column
-
-
-@triton.jit
 def _direct_tile(base, wc, oy, x0, real, H, W, OW, s_sh, s_sw, KHC, KWC, OFF_T, OFF_L,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # The exact correlation of one tile, one output column at a time, so the rare fallback holds a column of
-    # registers rather than a tile of pointers (which would cap the occupancy of the whole kernel).
+    # The correlation of one tile, tap by tap on the CUDA cores: the exact products (padding is never
+    # multiplied), for tiles whose tensor-core result is not finite. One output column at a time, so the rare
+    # fallback holds a column of registers rather than a tile of pointers (which would cap the occupancy of
+    # the whole kernel). `base`: each row's plane; `wc`: the channel's (KHC, KWC) taps.
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     cols = tl.arange(0, BLOCK_N)
     for b in range(0, tl.minimum(BLOCK_N, OW - x0)):
-        column = _direct_column(base, wc, oy, x0 + b, real, H, W, s_sh, s_sw, KHC, KWC, OFF_T, OFF_L, BLOCK_M)
+        column = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for i in range(KHC):
+            sy = oy + i - OFF_T
+            row_ok = real & (sy >= 0) & (sy < H)
+            rows = base + sy * s_sh
+            for j in range(KWC):
+                sx = x0 + b + j - OFF_L
+                v = tl.load(rows + sx * s_sw, mask=row_ok & (sx >= 0) & (sx < W), other=0.0)
+                column += v.to(tl.float32) * tl.load(wc + i * KWC + j).to(tl.float32)
         acc = tl.where(cols[None, :] == b, column[:, None], acc)
     return acc
 
@@ -196,60 +185,6 @@ def _toeplitz_correlate_kernel(src, w, band, bias, out, N, C, H, W, OH, OW,
         acc += tl.load(bias + c).to(tl.float32)
     dst = (out + (img.to(tl.int64) * o_sn + c * o_sc + oy * o_sh)[:, None] + ox.to(tl.int64)[None, :] * o_sw)
     tl.store(dst, acc.to(out.dtype.element_ty), mask=real[:, None] & (ox < OW)[None, :])
-
-
-@triton.autotune(configs=_configs(("BLOCK_M",), PACKED_BLOCKS),
-                 key=["N", "C", "H", "W", "OH", "OW", "KHC", "KWC", "OFF_T", "OFF_L", "TF32", "IEEE_FP32"])
-@triton.jit
-def _toeplitz_packed_kernel(src, w, band, bias, out, N, C, H, W, OH, OW,
-                            s_sn, s_sc, s_sh, s_sw, o_sn, o_sc, o_sh, o_sw, KHC, KWC, OFF_T, OFF_L,
-                            HAS_BIAS: tl.constexpr, TF32: tl.constexpr, IEEE_FP32: tl.constexpr,
-                            BLOCK_M: tl.constexpr):
-    # Maps at most 8 wide (input and output): one 16-column step holds two images side by side, image 2p + h in
-    # columns 8h + [0, 8), and the band is block-diagonal (`_packed_band`), so a 7x7 map fills 14 of the step's
-    # 16 columns instead of 7. One program: BLOCK_M rows counted over (output row, image pair), pair fastest, of
-    # channel c; every filter row is one step.
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    c = tl.program_id(1).to(tl.int64)
-    pairs = (N + 1) // 2
-    oy = m // pairs
-    pair = m - oy * pairs
-    real = oy < OH
-    k16 = tl.arange(0, 16)
-    half = k16 // 8
-    col = k16 - half * 8
-    img = 2 * pair[:, None] + half[None, :]
-    img_ok = real[:, None] & (img < N)
-    planes = src + img.to(tl.int64) * s_sn + c * s_sc
-    wc = w + c * KHC * KWC
-    y_lo = tl.min(tl.where(real, oy, OH))
-    y_hi = tl.max(tl.where(real, oy, 0))
-    i_lo = tl.maximum(0, OFF_T - y_hi)
-    i_hi = tl.minimum(KHC, H + OFF_T - y_lo)
-    t_rows = band + c * KHC * 256 + k16[:, None] * 16 + k16[None, :]
-    col_ok = (col < W)[None, :]
-    acc = tl.zeros((BLOCK_M, 16), dtype=tl.float32)
-    for i in range(i_lo, i_hi):
-        sy = oy + i - OFF_T
-        row_ok = real & (sy >= 0) & (sy < H)
-        a = tl.load(planes + (sy * s_sh)[:, None] + (col * s_sw)[None, :], mask=img_ok & row_ok[:, None] & col_ok,
-                    other=0.0)
-        acc = _mma(a, tl.load(t_rows + i * 256), acc, TF32, IEEE_FP32)
-    finite = (acc == acc) & (tl.abs(acc) < float("inf"))
-    if tl.min(finite.to(tl.int32)) == 0:
-        acc = tl.zeros((BLOCK_M, 16), dtype=tl.float32)
-        for b in range(0, 16):
-            h = b // 8
-            x = b - h * 8
-            if x < OW:
-                img_b = 2 * pair + h
-                column = _direct_column(src + img_b.to(tl.int64) * s_sn + c * s_sc, wc, oy, x, real & (img_b < N),
-                                        H, W, s_sh, s_sw, KHC, KWC, OFF_T, OFF_L, BLOCK_M)
-                acc = tl.where(k16[None, :] == b, column[:, None], acc)
-    if HAS_BIAS:
-        acc += tl.load(bias + c).to(tl.float32)
-    dst = out + img.to(tl.int64) * o_sn + c * o_sc + (oy.to(tl.int64) * o_sh)[:, None] + (col * o_sw)[None, :]
-    tl.store(dst, acc.to(out.dtype.element_ty), mask=img_ok & (col < OW)[None, :])
 
 
 @triton.autotune(configs=_configs(("BLOCK_I", "BLOCK_J", "BLOCK_X"), WGRAD_BLOCKS),
@@ -387,17 +322,6 @@ def _band_table(taps: torch.Tensor, shift: int):
     return table.contiguous(), q
 
 
-def _packed_band(taps: torch.Tensor, off_l: int) -> torch.Tensor:
-    """(C, KHC, 16, 16) block-diagonal bands of the packed kernel: T[a, b] = taps[c, i, a % 8 - b % 8 + off_l]
-    where a and b are in the same half (the same image) and the tap exists, else 0."""
-    kwc = taps.shape[-1]
-    k16 = torch.arange(16, device=taps.device)
-    tap = (k16 % PACKED_WIDTH)[:, None] - (k16 % PACKED_WIDTH)[None, :] + off_l
-    inside = (tap >= 0) & (tap < kwc) & ((k16 // PACKED_WIDTH)[:, None] == (k16 // PACKED_WIDTH)[None, :])
-    return torch.where(inside, taps[:, :, tap.clamp(0, kwc - 1)],
-                       torch.zeros((), dtype=taps.dtype, device=taps.device)).contiguous()
-
-
 def _correlate(src, weight, bias, out, off_t: int, off_l: int, flip: bool, cuda_cores: bool):
     kh, kw = weight.shape[2:]
     if kh > kw:
@@ -420,14 +344,8 @@ def _correlate_rows(src, weight, bias, out, off_t: int, off_l: int, flip: bool, 
     i0, i1, j0, j1 = window
     # The taps that can touch the map, turned for backward-input, contiguous: the band loads index it directly.
     taps = (weight.flip(2, 3) if flip else weight)[:, 0, i0:i1 + 1, j0:j1 + 1].to(src.dtype).contiguous()
-    off_l -= j0
-    if w <= PACKED_WIDTH and ow <= PACKED_WIDTH:
-        _toeplitz_packed_kernel[lambda meta: (triton.cdiv(oh * ((n + 1) // 2), meta["BLOCK_M"]), c)](
-            src, taps, _packed_band(taps, off_l), bias if bias is not None else taps, out, n, c, h, w, oh, ow,
-            *src.stride(), *out.stride(), i1 - i0 + 1, j1 - j0 + 1, off_t - i0, off_l, HAS_BIAS=bias is not None,
-            **_precision(src, cuda_cores))
-        return
     align = _alignment(src, w)
+    off_l -= j0
     # A 14-wide map then takes one step per filter row and output block instead of two, a 28-wide one two
     # instead of three (the window's first column on a 16-column boundary of the map; also ALIGN-aligned).
     shift = (-off_l) % 16

@@ -84,19 +84,6 @@ def test_triton_half_types(case, dtype):
     run_case(case, "triton", dtype)
 
 
-# Maps at most 8 wide run the packed GEMM kernel (two images per 16-column step): odd batches (a pair's missing
-# second image), short and long filters, a tall filter (transposed first), views.
-PACKED_CASES = [Case(3, 2, 7, 7, 13, 13, "nchw", "same", True), Case(4, 3, 5, 7, 3, 3, "strided", (1, 0), False),
-                Case(2, 2, 8, 8, 5, 3, "channels_last", "same", True),
-                Case(3, 1, 6, 5, 51, 5, "permuted", "same", False), Case(1, 2, 7, 7, 7, 7, "nchw", "valid", True)]
-
-
-@pytest.mark.parametrize("case", PACKED_CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize("backend,dtype", [("triton", torch.float32), ("tensorcore", torch.bfloat16)], ids=str)
-def test_packed_small_maps(case, backend, dtype):
-    run_case(case, backend, dtype, nchw_reference=True)
-
-
 def test_triton_backend_runs_nchw_calls_as_cuda_core_gemms():
     """NCHW calls run the Toeplitz/Hankel GEMMs with IEEE fp32 products (FMAs on the CUDA cores); channels_last
     calls the direct kernels (the cases above cover both)."""
@@ -238,13 +225,12 @@ def test_large_map_cpu():
 
 @pytest.mark.parametrize("backend,dtype", [("cpu", torch.float64), ("cpu", torch.float32),
                                            ("triton", torch.float32)])
-@pytest.mark.parametrize("n,size", [(1, 12), (3, 7)])  # 7x7: the packed kernel, the Inf in a pair's second image
-def test_non_finite_inputs_stay_local(backend, dtype, n, size):
+def test_non_finite_inputs_stay_local(backend, dtype):
     """An Inf pixel gives Inf/NaN exactly where F.conv2d does, not in outputs whose window misses it."""
     if not backend_available(backend):
         pytest.skip(f"backend {backend} unavailable")
-    x = torch.randn(n, 2, size, size, dtype=dtype)
-    x[n - 1 if n > 1 else 0, 0, 3, 4] = float("inf")
+    x = torch.randn(1, 2, 12, 12, dtype=dtype)
+    x[0, 0, 3, 4] = float("inf")
     w = torch.rand(2, 1, 5, 5, dtype=dtype) + 0.1
     ref = F.conv2d(x, w, None, 1, 2, 1, 2)
     with lkconv.use_backend(backend):
@@ -278,19 +264,18 @@ class _FixedConfig:
     the first, and a GPU's autotuner picks among all of them."""
 
     def __init__(self, autotuned, config):
-        self.fn, self.config, self.launches = autotuned.fn, config, 0
+        self.fn, self.config = autotuned.fn, config
 
     def __getitem__(self, grid):
         meta = dict(self.config.kwargs)
 
         def launch(*args, **kwargs):
-            self.launches += 1
             self.fn[grid(meta)](*args, **kwargs, **meta)
         return launch
 
 
 @pytest.mark.parametrize("backend,dtype", [("tensorcore", torch.bfloat16), ("triton", torch.float32)], ids=str)
-@pytest.mark.parametrize("which", ["correlate", "packed", "wgrad"])
+@pytest.mark.parametrize("which", ["correlate", "wgrad"])
 def test_gemm_kernels_every_autotune_config(which, backend, dtype, monkeypatch):
     """Each block configuration a GPU's autotuner may pick computes the same convolution (under the
     interpreter, one warp): a 16-byte aligned NCHW map, a misaligned one and a tall filter; on the tensor cores
@@ -299,16 +284,13 @@ def test_gemm_kernels_every_autotune_config(which, backend, dtype, monkeypatch):
         pytest.skip(f"{backend} backend unavailable")
     from lkconv import tensorcore_kernels as tc
 
-    blocks, names, attr = {
-        "correlate": (tc.CORRELATE_BLOCKS, ("BLOCK_M", "BLOCK_N"), "_toeplitz_correlate_kernel"),
-        "packed": (tc.PACKED_BLOCKS, ("BLOCK_M",), "_toeplitz_packed_kernel"),
-        "wgrad": (tc.WGRAD_BLOCKS, ("BLOCK_I", "BLOCK_J", "BLOCK_X"), "_hankel_wgrad_kernel")}[which]
-    shapes = ([(3, 2, 7, 7, 13, 13), (2, 1, 5, 8, 3, 7), (3, 1, 8, 6, 31, 3)] if which == "packed"
-              else [(2, 2, 12, 24, 13, 13), (1, 2, 9, 11, 5, 7), (1, 1, 20, 16, 31, 3)])
+    blocks, names = ((tc.CORRELATE_BLOCKS, ("BLOCK_M", "BLOCK_N")) if which == "correlate"
+                     else (tc.WGRAD_BLOCKS, ("BLOCK_I", "BLOCK_J", "BLOCK_X")))
+    attr = "_toeplitz_correlate_kernel" if which == "correlate" else "_hankel_wgrad_kernel"
     import triton
 
     torch.manual_seed(0)
-    for (n, c, h, w, kh, kw) in shapes:
+    for (n, c, h, w, kh, kw) in [(2, 2, 12, 24, 13, 13), (1, 2, 9, 11, 5, 7), (1, 1, 20, 16, 31, 3)]:
         x = torch.randn(n, c, h, w).to(dtype)
         wt = torch.randn(c, 1, kh, kw).to(dtype)
         g = torch.randn(n, c, h, w).to(dtype)
@@ -318,14 +300,12 @@ def test_gemm_kernels_every_autotune_config(which, backend, dtype, monkeypatch):
         ref.backward(g.double())
         theirs = conv_with_grads(x, wt, None, g, padding=pad)
         for block in blocks:
-            fixed = _FixedConfig(getattr(tc, attr), triton.Config(dict(zip(names, block))))
-            monkeypatch.setattr(tc, attr, fixed)
+            monkeypatch.setattr(tc, attr, _FixedConfig(getattr(tc, attr), triton.Config(dict(zip(names, block)))))
             xr, wr = x.clone().requires_grad_(), wt.clone().requires_grad_()
             with lkconv.use_backend(backend):
                 y = lkconv.depthwise_conv2d(xr, wr, padding=pad)
                 y.backward(g)
-            assert fixed.launches, f"{attr} was not launched"
-            pairs = ([(y, ref, theirs[0]), (xr.grad, x64.grad, theirs[1])] if which != "wgrad"
+            pairs = ([(y, ref, theirs[0]), (xr.grad, x64.grad, theirs[1])] if which == "correlate"
                      else [(wr.grad, w64.grad, theirs[2])])
             for ours, exact, torch_result in pairs:
                 if dtype == torch.float32:

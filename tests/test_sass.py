@@ -192,29 +192,6 @@ def test_hot_loop_prefers_the_mma_loop():
     assert (hot.start, hot.end) == (0x40, 0x60) and hot.mix == {"LDG": 1, "MMA": 1, "branch": 1}
 
 
-@pytest.mark.parametrize("size,k,n", [(7, 13, 5), (7, 13, 64), (5, 3, 2), (8, 51, 1), (1, 1, 3)])
-@pytest.mark.parametrize("bm", [64, 256])
-def test_packed_model_counts_every_useful_tap(size, k, n, bm):
-    """The packed correlation's walk (two images per step, tiles over output rows x image pairs, filter rows
-    skipped) performs at least every useful multiply-add, and at 7x7 k13, a batch of 64 and 64-row tiles under two
-    thirds of the steps of the unpacked walk, whose 16 columns hold one image (not half: a tile of the same rows
-    spans twice the output rows, so fewer filter rows are skipped)."""
-    from lkconv.geometry import ConvCall
-    from lkconv.triton_kernels import _useful_taps
-
-    import torch
-
-    pad = k // 2
-    i0, i1 = _useful_taps(k, size, size, pad)
-    steps = sass.packed_steps(bm, n, size, size, i1 - i0 + 1, pad - i0)
-    call = ConvCall(n, 1, size, size, k, k, (pad,) * 4, (1, 1), (1, 1), torch.device("cpu"), torch.float32, False)
-    assert steps * bm * 16 * 16 >= n * call.useful_taps()
-    if (size, k, n, bm) == (7, 13, 64, 64):
-        unpacked = sass.toeplitz_steps(bm, 16, n, size, size, size, size, i1 - i0 + 1, i1 - i0 + 1, pad - i0,
-                                       pad - i0, (i0 - pad) % 16)
-        assert steps < 0.65 * unpacked
-
-
 @pytest.mark.parametrize("size,k,n", [(14, 27, 3), (7, 13, 5), (9, 5, 2), (56, 31, 1), (20, 7, 2)])
 @pytest.mark.parametrize("bm,bn,shift", [(64, 32, 0), (16, 16, 3), (128, 64, 7)])
 def test_toeplitz_model_counts_every_useful_tap(size, k, n, bm, bn, shift):
