@@ -264,12 +264,13 @@ class _FixedConfig:
     the first, and a GPU's autotuner picks among all of them."""
 
     def __init__(self, autotuned, config):
-        self.fn, self.config = autotuned.fn, config
+        self.fn, self.config, self.launches = autotuned.fn, config, 0
 
     def __getitem__(self, grid):
         meta = dict(self.config.kwargs)
 
         def launch(*args, **kwargs):
+            self.launches += 1
             self.fn[grid(meta)](*args, **kwargs, **meta)
         return launch
 
@@ -300,11 +301,13 @@ def test_gemm_kernels_every_autotune_config(which, backend, dtype, monkeypatch):
         ref.backward(g.double())
         theirs = conv_with_grads(x, wt, None, g, padding=pad)
         for block in blocks:
-            monkeypatch.setattr(tc, attr, _FixedConfig(getattr(tc, attr), triton.Config(dict(zip(names, block)))))
+            fixed = _FixedConfig(getattr(tc, attr), triton.Config(dict(zip(names, block))))
+            monkeypatch.setattr(tc, attr, fixed)
             xr, wr = x.clone().requires_grad_(), wt.clone().requires_grad_()
             with lkconv.use_backend(backend):
                 y = lkconv.depthwise_conv2d(xr, wr, padding=pad)
                 y.backward(g)
+            assert fixed.launches, f"{attr} was not launched"
             pairs = ([(y, ref, theirs[0]), (xr.grad, x64.grad, theirs[1])] if which == "correlate"
                      else [(wr.grad, w64.grad, theirs[2])])
             for ours, exact, torch_result in pairs:
