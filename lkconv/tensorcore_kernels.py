@@ -76,7 +76,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: (BLOCK_M output rows, BLOCK_N output columns) of the forward/backward-input; (BLOCK_I, BLOCK_J, BLOCK_X) of the
 #: weight gradient. The first entry is the one the interpreter runs.
 CORRELATE_BLOCKS = [(64, 32), (64, 16), (32, 32), (128, 32), (64, 64), (16, 32), (128, 16), (256, 16)]
-WGRAD_BLOCKS = [(32, 32, 16), (32, 32, 32), (16, 32, 32), (64, 64, 16)]
+WGRAD_BLOCKS = [(32, 32, 16), (32, 32, 32), (16, 32, 32), (64, 64, 16), (64, 16, 32), (64, 16, 64)]
 
 
 def _configs(names, blocks, warps=(4, 8)):
