@@ -80,9 +80,9 @@ def _order(call: ConvCall) -> List[str]:
 #: TF32) beat the CUDA-core kernels where the Toeplitz/Hankel tiles are mostly useful work: forward and
 #: backward-input on maps of 14 and more with a filter side of 27 and more (bf16 56x56 k31: 206 vs 38; 14x14 k27:
 #: 126 vs 27; 51x5: 200 vs 43; TF32 14x14 k27: 85 vs 29), not on 7x7 maps (bf16 7x7 k13: 18 vs 24), and the
-#: weight gradient on maps of 28 and more with both filter sides 27 and more (56x56 k31 bf16: 103 vs 46), not for
-#: a 51x5 filter or a 14x14 map. Outside the benchmark shapes the rule is the same thresholds
-#: (tests/test_dispatch.py checks them against the file).
+#: weight gradient on maps of 28 and more with a filter side of 27 and more in 16 bits (56x56 k31 bf16: 103 vs 46;
+#: 51x5: 35 vs 30, on 64x16 tap blocks), both sides in TF32 (51x5 TF32: 18 vs 30), not on a 14x14 map. Outside
+#: the benchmark shapes the rule is the same thresholds (tests/test_dispatch.py checks them against the file).
 #: How much faster the static prediction must put the CUDA-core Triton kernels for them to go before the CUDA
 #: kernels (the two models leave out different work, so a small predicted lead is no evidence). No prediction
 #: reaches it, so `_cuda_order` has no Triton-first case; tests/test_dispatch.py fails when one does.
@@ -90,12 +90,11 @@ TRITON_MARGIN = 1.25
 CUDA_RULE = ("tensorcore first for 16-bit (and opted-in TF32) NCHW calls whose map and filter pass "
              "TENSORCORE_RULE, else cuda, then tensorcore, then triton: predicted (static) useful TFLOP/s, "
              "bench/results/sass-static.json; no GPU measurement yet")
-#: (pass, "16-bit" | "tf32") -> (smallest output side, smallest filter side that counts) for the tensor-core
-#: kernels to go first; the side that counts is the longer one for the correlations, the shorter one for the
-#: weight gradient.
-TENSORCORE_RULE = {("forward", "16-bit"): (14, 27), ("backward_input", "16-bit"): (14, 27),
-                   ("backward_weight", "16-bit"): (28, 27), ("forward", "tf32"): (14, 27),
-                   ("backward_input", "tf32"): (14, 27), ("backward_weight", "tf32"): (28, 27)}
+#: (pass, "16-bit" | "tf32") -> (smallest output side, smallest filter side, which side: "longer" | "shorter") for
+#: the tensor-core kernels to go first.
+TENSORCORE_RULE = {("forward", "16-bit"): (14, 27, "longer"), ("backward_input", "16-bit"): (14, 27, "longer"),
+                   ("backward_weight", "16-bit"): (28, 27, "longer"), ("forward", "tf32"): (14, 27, "longer"),
+                   ("backward_input", "tf32"): (14, 27, "longer"), ("backward_weight", "tf32"): (28, 27, "shorter")}
 
 
 def tensorcore_first(call: ConvCall) -> bool:
@@ -106,8 +105,8 @@ def tensorcore_first(call: ConvCall) -> bool:
     if call.channels_last:
         return False
     precision = "16-bit" if call.dtype in (torch.float16, torch.bfloat16) else "tf32"
-    min_map, min_kernel = TENSORCORE_RULE[(call.pass_name, precision)]
-    side = min(call.kh, call.kw) if call.pass_name == "backward_weight" else max(call.kh, call.kw)
+    min_map, min_kernel, which = TENSORCORE_RULE[(call.pass_name, precision)]
+    side = max(call.kh, call.kw) if which == "longer" else min(call.kh, call.kw)
     return min(call.out_h, call.out_w) >= min_map and side >= min_kernel
 
 
