@@ -74,7 +74,8 @@ MAX_KERNEL = 127
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 #: (BLOCK_M output rows, BLOCK_N output columns) of the forward/backward-input; (BLOCK_I, BLOCK_J, BLOCK_X) of the
-#: weight gradient. The first entry is the one the interpreter runs.
+#: weight gradient (64 x 16 tap blocks for long-and-short filters such as 51x5). The first entry is the one the
+#: interpreter runs.
 CORRELATE_BLOCKS = [(64, 32), (64, 16), (32, 32), (128, 32), (64, 64), (16, 32), (128, 16), (256, 16)]
 WGRAD_BLOCKS = [(32, 32, 16), (32, 32, 32), (16, 32, 32), (64, 64, 16), (64, 16, 32), (64, 16, 64)]
 

@@ -3,7 +3,7 @@
 NCHW calls run the Toeplitz/Hankel GEMMs of lkconv/tensorcore_kernels.py with fp32 operands and IEEE products,
 which Triton lowers to FMAs on the CUDA cores: `tl.dot` stages the operands in shared memory and reuses each one
 from registers across a per-thread block of outputs, which a direct Triton kernel cannot (it has no register
-shifts, so every tap is a load). Predicted 6-10x the direct kernels' useful FLOP/s (`python -m bench.sass`).
+shifts, so every tap is a load). Predicted 3.5-33x the direct kernels' useful FLOP/s (`python -m bench.sass`).
 channels_last calls (rows C elements apart: no vector loads) and the calls the GEMM launchers cannot index run the
 direct kernels of lkconv/triton_kernels.py."""
 
