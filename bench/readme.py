@@ -122,6 +122,12 @@ def _kind(path: str) -> str:
     return "models" if "variant" in (data.get("rows") or [{}])[0] else "kernels"
 
 
+def _fp32_bf16(by_dtype) -> str:
+    """"fp32 / bf16" predicted useful TFLOP/s of one table row."""
+    return " / ".join(_f(by_dtype[d]["predicted_useful_tflops"]) if d in by_dtype else "—"
+                      for d in ("float32", "bfloat16"))
+
+
 def static_section(path: str) -> str:
     """The predictions of `python -m bench.sass`, one row per (shape, pass, implementation), float32 and
     bfloat16 side by side."""
@@ -132,7 +138,8 @@ def static_section(path: str) -> str:
            f"on {env['date'][:10]} ([results]({os.path.relpath(path, ROOT)})). Useful TFLOP/s = FP32 peak "
            f"({data['peak_fp32_tflops']['sm_90']} TFLOP/s, H100 SXM) x FMA share of the hot loop's instructions x "
            "useful multiply-adds / multiply-adds performed (for the CUDA correlation: its own walk of rows, chunks "
-           "and warps, with the strip-edge steps at their loop's FMA share); an upper bound of the issue-bound speed "
+           "and warps, with the strip-edge steps at their loop's FMA share; for Triton: the GEMM steps its "
+           "Toeplitz/Hankel walk issues); an upper bound of the issue-bound speed "
            "(the tile loaders, memory stalls and occupancy left out). Occupancy at the launch configuration the "
            "launcher picks.", "",
            "| shape | pass | impl | config | regs | spill B | occupancy | FMA share | useful work | "
@@ -142,11 +149,9 @@ def static_section(path: str) -> str:
         (mma_rows if p.get("step_mma_flops") else rows)[(p["shape"], p["pass_"], p["impl"])][p["dtype"]] = p
     for (shape, pass_, impl), by_dtype in rows.items():
         p = by_dtype.get("float32") or next(iter(by_dtype.values()))
-        preds = " / ".join(_f(by_dtype[d]["predicted_useful_tflops"]) if d in by_dtype else "—"
-                           for d in ("float32", "bfloat16"))
         out.append(f"| {shape} | {PASS_NAMES.get(pass_, pass_)} | {impl} | {p['config']} | {p['regs']} | "
                    f"{p['spill_bytes']} | {100 * p['occupancy']:.0f}% | {100 * p['ffma_share']:.0f}% | "
-                   f"{100 * p['utilization']:.0f}% | {preds} |")
+                   f"{100 * p['utilization']:.0f}% | {_fp32_bf16(by_dtype)} |")
     if mma_rows:
         peaks = data.get("peak_mma_tflops", {})
         out += ["", "Tensor-core kernels (`lkconv/tensorcore_kernels.py`): a step of one program (one MMA of the hot "
@@ -161,11 +166,10 @@ def static_section(path: str) -> str:
                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for (shape, pass_, impl), by_dtype in mma_rows.items():
             p = by_dtype.get("bfloat16") or next(iter(by_dtype.values()))
-            preds = " / ".join(_f(by_dtype[d]["predicted_useful_tflops"]) if d in by_dtype else "—"
-                               for d in ("float32", "bfloat16"))
             out.append(f"| {shape} | {PASS_NAMES.get(pass_, pass_)} | {p['config']} | {p['regs']} | "
                        f"{p['spill_bytes']} | {100 * p['occupancy']:.0f}% | {p['step_instructions']} | "
-                       f"{p['step_smem_bytes']} | {p['bound']} | {100 * p['utilization']:.0f}% | {preds} |")
+                       f"{p['step_smem_bytes']} | {p['bound']} | {100 * p['utilization']:.0f}% | "
+                       f"{_fp32_bf16(by_dtype)} |")
     return "\n".join(out)
 
 
