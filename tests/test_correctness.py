@@ -239,6 +239,27 @@ def test_non_finite_inputs_stay_local(backend, dtype):
     assert not torch.isfinite(ours).all()
 
 
+@pytest.mark.parametrize("view", ["channel_slice", "column_step", "dense"])
+@pytest.mark.parametrize("algorithm", ["auto", "channels"])
+def test_channels_last_views_cpu(view, algorithm):
+    """channels_last tensors and views whose pixels are not C values apart: the channel cores copy whole vectors
+    of channels per pixel and write channels_last outputs in place, with a partial vector where C is not a
+    multiple of the vector width."""
+    from lkconv.backends.cpu import cpu_algorithm
+
+    big = torch.randn(2, 45, 11, 26).contiguous(memory_format=torch.channels_last)
+    x = {"channel_slice": big[:, 5:37], "column_step": big[:, :, :, ::2], "dense": big}[view]
+    w, b = torch.randn(x.shape[1], 1, 7, 5), torch.randn(x.shape[1])
+    g = torch.randn(x.shape).contiguous(memory_format=torch.channels_last)
+    with lkconv.use_backend("cpu"), cpu_algorithm(algorithm):
+        ours = conv_with_grads(x, w, b, g, padding=(3, 2), fn=lambda *a: lkconv.depthwise_conv2d(*a))
+    assert ours[0].is_contiguous(memory_format=torch.channels_last)
+    ref = conv_with_grads(x.double(), w.double(), b.double(), g.double(), padding=(3, 2), fn=unfold_conv)
+    theirs = conv_with_grads(x, w, b, g, padding=(3, 2))
+    for name, o, t, r in zip(("output", "grad_input", "grad_weight", "grad_bias"), ours, theirs, ref):
+        assert_within_torch_error(o, t, r, f"{view} {name}")
+
+
 @pytest.mark.parametrize("kernel", [(3, 3), (5, 2)])
 @pytest.mark.parametrize("algorithm", ["planes", "channels"])
 def test_every_width_and_height_cpu(kernel, algorithm):

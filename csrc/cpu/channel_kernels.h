@@ -60,7 +60,7 @@ static inline void cv_row(const T* src, const T* w0, int64_t wq, int jlo, int jh
 // second sharing every input row load with the first).
 template <typename T, int Q, int R>
 static inline void cv_block(const T* src, int64_t src_row, int h, int bl, int wimg, int bt, const T* w, int kh,
-                            int kw, const T* bias, T* out, int64_t out_row, int y, int x0) {
+                            int kw, const T* bias, T* out, int64_t out_row, int64_t out_px, int y, int x0) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   V acc[Q][R];
@@ -95,13 +95,14 @@ static inline void cv_block(const T* src, int64_t src_row, int h, int bl, int wi
 #pragma GCC unroll 2
   for (int q = 0; q < Q; ++q)
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) storeu(out + q * out_row + static_cast<int64_t>(x0 + r) * L, acc[q][r]);
+    for (int r = 0; r < R; ++r) storeu(out + q * out_row + (x0 + r) * out_px, acc[q][r]);
 }
 
 // Valid correlation of L channels at once (small maps):
 //   out[y][x][l] = bias[l] + sum_{i<kh, j<kw} w[i][j][l] * img[y + i - bt][x + j - bl][l]
 // where img (h rows of wimg pixels) sits in `src` at columns [bl, bl + wimg) of rows 0..h-1 (row stride
-// src_row elements), the other columns being zero. out is oh rows of ow pixels, row stride ow * L.
+// src_row elements), the other columns being zero. out is oh rows of ow pixels of L values, pixels out_px
+// and rows out_row elements apart (a buffer, or a channels_last output tensor written in place).
 // src must have at least ow + kw + kCvMaxR readable columns per row.
 constexpr int kCvMaxR = 7;  // R accumulators + R window + 1 weight registers: 15 of 16 (AVX2), fine for AVX-512
 // Columns per block: measured 2..7 on RepLKNet's stages and 7x7/13x13 kernels (AVX-512, 2 threads): 2 and 3 are
@@ -115,15 +116,14 @@ constexpr int kCvRows = LKCONV_VEC_BYTES >= 64 ? 2 : 1;
 // reloads its window for every tap, and a wide block over a short map spends most taps on the zero border).
 template <typename T, int Q, int RB>
 static void cv_rows(const T* src, int64_t src_row, int h, int bl, int wimg, int bt, const T* w, int kh, int kw,
-                    const T* bias, T* out, int y, int ow) {
-  constexpr int L = Vec<T>::kLanes;
-  const int64_t out_row = static_cast<int64_t>(ow) * L;
+                    const T* bias, T* out, int64_t out_row, int64_t out_px, int y, int ow) {
   T* orow = out + y * out_row;
   const int blocks = (ow + RB - 1) / RB, base = ow / blocks, wider = ow % blocks;
   int x0 = 0;
   for (int b = 0; b < blocks; ++b) {
     const int width = base + (b < wider ? 1 : 0);
-#define LKCONV_CV_BLOCK(R) cv_block<T, Q, R>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, orow, out_row, y, x0)
+#define LKCONV_CV_BLOCK(R) \
+  cv_block<T, Q, R>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, orow, out_row, out_px, y, x0)
     switch (width) {
       case 1: LKCONV_CV_BLOCK(1); break;
       case 2: LKCONV_CV_BLOCK(2); break;
@@ -140,11 +140,12 @@ static void cv_rows(const T* src, int64_t src_row, int h, int bl, int wimg, int 
 
 template <typename T>
 static void correlate_channels(const T* src, int64_t src_row, int h, int bl, int wimg, int bt, const T* w, int kh,
-                               int kw, const T* bias, T* out, int oh, int ow) {
+                               int kw, const T* bias, T* out, int64_t out_row, int64_t out_px, int oh, int ow) {
   int y = 0;
   for (; y + kCvRows <= oh; y += kCvRows)
-    cv_rows<T, kCvRows, kCvBlock>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, out, y, ow);
-  for (; y < oh; ++y) cv_rows<T, 1, kCvBlock>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, out, y, ow);
+    cv_rows<T, kCvRows, kCvBlock>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, out, out_row, out_px, y, ow);
+  for (; y < oh; ++y)
+    cv_rows<T, 1, kCvBlock>(src, src_row, h, bl, wimg, bt, w, kh, kw, bias, out, out_row, out_px, y, ow);
 }
 
 // The machine's FMA peak, for the benchmark's "fraction of peak" column: `iters` rounds of 12 independent
