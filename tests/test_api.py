@@ -1,6 +1,8 @@
 """The functional API's contract beyond numerics: F.conv2d's shapes, padding rules, errors, empty tensors,
 unbatched inputs, autocast."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -165,3 +167,45 @@ def test_eager_inference_fast_path_and_dispatch_modes():
     assert any("lkconv" in name for name in seen)
     torch.testing.assert_close(fast, logged, rtol=0, atol=0)
     torch.testing.assert_close(fast, F.conv2d(x, w, b, 1, 6, 1, 3))
+
+
+def test_cpu_inference_plans_never_conflate_calls(monkeypatch):
+    """Unforced CPU inference calls are planned once per signature; calls that differ only in what plain
+    equality hides (True == 1, 1.0 == 1), in layout, in a malformed bias or in a forced backend still go their own
+    way."""
+    x, w = torch.randn(2, 32, 9, 9), torch.randn(32, 1, 3, 3)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        ref = F.conv2d(x, w, None, 1, 1, 1, 32)
+        for _ in range(2):
+            torch.testing.assert_close(lkconv.depthwise_conv2d(x, w, padding=1), ref)
+            out = lkconv.depthwise_conv2d(cl, w, padding=(1, 1))
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(out, ref)
+        for padding in (1.0, True):
+            try:
+                expected = F.conv2d(x, w, None, 1, padding, 1, 32)
+            except (TypeError, RuntimeError) as exc:
+                with pytest.raises(type(exc)):
+                    lkconv.depthwise_conv2d(x, w, padding=padding)
+            else:
+                torch.testing.assert_close(lkconv.depthwise_conv2d(x, w, padding=padding), expected)
+        with pytest.raises(RuntimeError):
+            lkconv.depthwise_conv2d(x, w, torch.randn(5), padding=1)
+        calls = []
+        torch_backend = lkconv.backends.BACKENDS["torch"]
+        monkeypatch.setattr(torch_backend, "forward", lambda *a: calls.append(1) or F.conv2d(x, w, None, 1, 1, 1, 32))
+        with lkconv.use_backend("torch"):
+            lkconv.depthwise_conv2d(x, w, padding=1)
+        assert calls
+
+
+def test_jit_trace_records_the_op_not_its_result():
+    """Traced inference calls go through the custom op, so the trace computes new inputs (a call the tracer
+    cannot see would be frozen into the trace as a constant)."""
+    m = lkconv.LKConv2d(6, 6, 5, padding=2, groups=6).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(m, torch.randn(2, 6, 9, 9))
+        x = torch.randn(2, 6, 9, 9)
+        torch.testing.assert_close(traced(x), F.conv2d(x, m.weight, m.bias, 1, 2, 1, 6))
