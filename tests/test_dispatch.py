@@ -40,17 +40,45 @@ def test_explain_names_the_choice_and_every_refusal():
 
 
 def test_measured_cpu_rule_per_pass():
-    """channels_last with k <= 7: oneDNN for forward/backward-input (but not 7x7 kernels on maps up to 14x14),
-    lkconv's kernel for the weight gradient."""
-    x = torch.randn(1, 4, 16, 16).contiguous(memory_format=torch.channels_last)
-    text = lkconv.explain(x, torch.randn(4, 1, 7, 7), padding=3)
+    """channels_last 3x3-5x5 kernels over large activations: oneDNN for forward/backward-input; smaller
+    activations and longer kernels: lkconv's channel cores; the weight gradient always lkconv's."""
+    large = torch.randn(4, 128, 56, 56).contiguous(memory_format=torch.channels_last)
+    text = lkconv.explain(large, torch.randn(128, 1, 3, 3), padding=1)
     assert "forward -> torch, backward_input -> torch, backward_weight -> cpu" in text
     assert "oneDNN" in text
-    text = lkconv.explain(x, torch.randn(4, 1, 13, 13), padding=6)
+    assert "forward -> torch" in lkconv.explain(large, torch.randn(128, 1, 5, 5), padding=2)
+    text = lkconv.explain(large, torch.randn(128, 1, 7, 7), padding=3)
     assert "forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in text
-    small = torch.randn(1, 4, 14, 14).contiguous(memory_format=torch.channels_last)  # k = 7 on a 14x14 map
-    assert "forward -> cpu, backward_input -> cpu" in lkconv.explain(small, torch.randn(4, 1, 7, 7), padding=3)
-    assert "forward -> torch" in lkconv.explain(small, torch.randn(4, 1, 5, 5), padding=2)
+    small = torch.randn(1, 128, 56, 56).contiguous(memory_format=torch.channels_last)
+    assert "forward -> cpu, backward_input -> cpu" in lkconv.explain(small, torch.randn(128, 1, 3, 3), padding=1)
+    assert "forward -> cpu" in lkconv.explain(large.contiguous(), torch.randn(128, 1, 3, 3), padding=1)  # NCHW
+
+
+def test_cpu_rule_follows_its_evidence():
+    """Every channels_last row of bench/results/cpu-rules.json where one side is more than 15% faster: the rule
+    sends that call to it (oneDNN = the torch backend, else lkconv's faster core)."""
+    import json
+    import os
+
+    from lkconv.backends import BACKENDS
+    from lkconv.geometry import ConvCall
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "results",
+                        "cpu-rules.json")
+    with open(path) as f:
+        rows = [r for r in json.load(f)["rows"] if r["layout"] == "channels_last"]
+    assert {r["k"] for r in rows} >= {3, 5, 7, 9, 13} and {r["pass"] for r in rows} == {"forward", "backward_input"}
+    for r in rows:
+        p = r["k"] // 2
+        call = ConvCall(r["n"], r["c"], r["size"], r["size"], r["k"], r["k"], (p, p, p, p), (1, 1), (1, 1),
+                        torch.device("cpu"), torch.float32, True, r["pass"])
+        to_onednn = bool(BACKENDS["cpu"].auto_refusals(call))
+        ours = min(r["planes_ms"], r["channels_ms"])
+        where = f"{r['pass']} n={r['n']} c={r['c']} {r['size']}x{r['size']} k={r['k']}"
+        if r["torch_ms"] * 1.15 < ours:
+            assert to_onednn, f"{where}: oneDNN {r['torch_ms']:.3f} ms vs lkconv {ours:.3f} ms"
+        elif ours * 1.15 < r["torch_ms"]:
+            assert not to_onednn, f"{where}: lkconv {ours:.3f} ms vs oneDNN {r['torch_ms']:.3f} ms"
 
 
 def test_use_backend_forces_and_restores():

@@ -34,6 +34,15 @@ def cpu_algorithm(name: str) -> Iterator[None]:
         _algorithm.reset(token)
 
 
+#: (largest kernel side, smallest N*C*H*W): channels_last float32 forward and backward-input calls with kernels
+#: up to that side over activations at least that large go to oneDNN (the torch backend). Measured
+#: (bench/results/cpu-rules.json): where the activations outgrow the caches, oneDNN's pixel-by-pixel sweep over
+#: all channels beats the channel cores' passes of 16 channels for 3x3 kernels (lkconv 0.57-0.96x from 0.8M
+#: values) and 5x5 kernels (0.85-1.01x from 1.2M); everywhere else, 7x7 kernels and longer included, the channel
+#: cores are faster (1.04-3.1x; 1.2-3.1x at 7x7).
+ONEDNN_CHANNELS_LAST = ((3, 700_000), (5, 1_000_000))
+
+
 class CpuBackend(Backend):
     name = "cpu"
 
@@ -45,18 +54,18 @@ class CpuBackend(Backend):
 
     def auto_refusals(self, call):
         # Measured rule (bench/results/cpu-rules.json, `python -m bench.cpu_rules`: ConvNeXt-T and RepLKNet-31B
-        # stage shapes, batch 1 and 4): for channels_last float32 inputs with kernels up to 7x7, oneDNN's
-        # channels_last forward and backward-input are faster than lkconv's cores (up to ~3.5x at 3x3, batch 4,
-        # 56x56) -- except 6x6-7x7 kernels on maps up to 14x14, where the channel cores are 1.0-2.3x faster;
-        # from 9x9 up lkconv's are as fast or faster. NCHW calls stay here: PyTorch's NCHW depthwise kernel is
-        # at best ~20% faster on a few small maps and up to 140x slower on others, by shape and bias. The weight
-        # gradient stays here at every size (>= 3x faster).
+        # stage shapes, batch 1 and 4, kernels 3-29): see ONEDNN_CHANNELS_LAST. NCHW calls stay here: PyTorch's
+        # NCHW depthwise kernel is at best ~20% faster on a few small maps and up to 140x slower on others, by
+        # shape and bias. The weight gradient stays here at every size (>= 3x faster).
         k = max(call.kh, call.kw)
-        if (call.channels_last and call.pass_name in ("forward", "backward_input") and k <= 7
-                and not (k >= 6 and max(call.h, call.w) <= 14)
+        if not (call.channels_last and call.pass_name in ("forward", "backward_input")
                 and call.dtype == torch.float32 and call.unit_stride_dilation):
-            return ["oneDNN (torch backend) is faster for channels_last forward/backward-input with k <= 7 on "
-                    "the CPU, except 6-7 wide kernels on maps up to 14x14 (measured, bench/results/cpu-rules.json)"]
+            return []
+        for max_kernel, min_values in ONEDNN_CHANNELS_LAST:
+            if k <= max_kernel and call.n * call.c * call.h * call.w >= min_values:
+                return [f"oneDNN (torch backend) is faster for channels_last forward/backward-input with kernels up "
+                        f"to {max_kernel}x{max_kernel} on activations of {min_values:,} values or more (measured, "
+                        "bench/results/cpu-rules.json)"]
         return []
 
     def forward(self, input, weight, bias, call):
