@@ -1,9 +1,9 @@
 """The reference backend: PyTorch's own convolution. Runs every call; the fallback.
 
 PyTorch's CPU conv backward is unreliable when the filter is larger than the feature map (torch 2.14 crashed
-or returned NaN for a 51x5 filter on a 16x13 map), so for stride 1 / dilation 1 such calls compute the
-gradients with forward convolutions: backward-input as the conv of the padded output gradient with the
-turned filter, backward-weight as a grouped conv of the input with the output gradient as the filter.
+or returned NaN for a 51x5 filter on a 16x13 map), so for stride 1 / dilation 1 the input gradient is always a
+forward convolution (of the padded output gradient with the turned filter, also the faster way on the CPU) and
+such calls compute the weight gradient as a grouped conv of the input with the output gradient as the filter.
 """
 
 from __future__ import annotations
@@ -47,11 +47,20 @@ class TorchBackend(Backend):
         return gi, gw
 
     def backward_input(self, grad_out, weight, call):
-        if _filter_exceeds_map(call):
-            t, _, l, _ = call.padding
-            gp = F.pad(grad_out, (call.kw - 1, call.kw - 1, call.kh - 1, call.kh - 1))
-            full = F.conv2d(gp, weight.flip(2, 3), groups=call.c)
-            return full[:, :, t:t + call.h, l:l + call.w].contiguous(memory_format=_format(grad_out))
+        if call.unit_stride_dilation:
+            # The input gradient of a stride-1 correlation is the correlation of the output gradient with the
+            # turned filter, padded by k - 1 - (the forward's padding) on each side. A forward oneDNN kernel runs
+            # it as fast as the forward; aten.convolution_backward needs an input-shaped tensor, and with a fresh
+            # (untouched) one it ran 7x slower (1.3 vs 0.18 ms, 56x56, 128 channels, batch 4, channels_last).
+            t, b, l, r = call.padding
+            turned = weight.flip(2, 3)
+            pads = (call.kh - 1 - t, call.kh - 1 - b, call.kw - 1 - l, call.kw - 1 - r)
+            if min(pads) >= 0 and pads[0] == pads[1] and pads[2] == pads[3]:
+                gi = F.conv2d(grad_out, turned, None, 1, (pads[0], pads[2]), 1, groups=call.c)
+            else:  # the full correlation, cropped to the input
+                gp = F.pad(grad_out, (call.kw - 1, call.kw - 1, call.kh - 1, call.kh - 1))
+                gi = F.conv2d(gp, turned, groups=call.c)[:, :, t:t + call.h, l:l + call.w]
+            return gi.contiguous(memory_format=_format(grad_out))
         # The input's values do not enter the input gradient; only its shape does.
         # In grad_out's memory format: a layout mismatch sends oneDNN down a path ~20x slower plus two copies.
         dummy = torch.empty((call.n, call.c, call.h, call.w), dtype=grad_out.dtype, device=grad_out.device,
