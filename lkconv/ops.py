@@ -54,6 +54,13 @@ def _(input, weight, bias, padding, stride, dilation):
 @torch.library.custom_op("lkconv::depthwise_conv2d_bwd_input", mutates_args=())
 def depthwise_conv2d_bwd_input(grad_out: torch.Tensor, weight: torch.Tensor, input_hw: List[int],
                                padding: List[int], stride: List[int], dilation: List[int]) -> torch.Tensor:
+    return run_bwd_input(grad_out, weight, input_hw, padding, stride, dilation)
+
+
+def run_bwd_input(grad_out: torch.Tensor, weight: torch.Tensor, input_hw: List[int], padding: List[int],
+                  stride: List[int], dilation: List[int]) -> torch.Tensor:
+    """The backward-input op's body: the chosen backend under the non-finite rule (also called directly by the
+    eager backward, see autograd.py)."""
     n, c = grad_out.shape[:2]
     call = _call((n, c, input_hw[0], input_hw[1]), weight.shape[2:], padding, stride, dilation, grad_out.device,
                  grad_out.dtype, is_channels_last(grad_out), "backward_input")
@@ -71,6 +78,12 @@ def _(grad_out, weight, input_hw, padding, stride, dilation):
 @torch.library.custom_op("lkconv::depthwise_conv2d_bwd_weight", mutates_args=())
 def depthwise_conv2d_bwd_weight(grad_out: torch.Tensor, input: torch.Tensor, kernel_hw: List[int],
                                 padding: List[int], stride: List[int], dilation: List[int]) -> torch.Tensor:
+    return run_bwd_weight(grad_out, input, kernel_hw, padding, stride, dilation)
+
+
+def run_bwd_weight(grad_out: torch.Tensor, input: torch.Tensor, kernel_hw: List[int], padding: List[int],
+                   stride: List[int], dilation: List[int]) -> torch.Tensor:
+    """The backward-weight op's body (also called directly by the eager backward, see autograd.py)."""
     call = _call(input.shape, kernel_hw, padding, stride, dilation, input.device, input.dtype,
                  is_channels_last(input), "backward_weight")
     backend = dispatch.select(call)

@@ -209,3 +209,27 @@ def test_jit_trace_records_the_op_not_its_result():
         traced = torch.jit.trace(m, torch.randn(2, 6, 9, 9))
         x = torch.randn(2, 6, 9, 9)
         torch.testing.assert_close(traced(x), F.conv2d(x, m.weight, m.bias, 1, 2, 1, 6))
+
+
+def test_first_order_cpu_backward_runs_the_gradient_ops_directly(monkeypatch):
+    """A plain backward skips the gradient ops' Functions and custom-op dispatch (same kernels, same results);
+    create_graph keeps them, so double backward still works."""
+    from lkconv import autograd
+
+    applied = []
+    for fn in (autograd.DepthwiseConv2dBackwardInput, autograd.DepthwiseConv2dBackwardWeight):
+        monkeypatch.setattr(fn, "apply", (lambda original: lambda *a: applied.append(1) or original(*a))(fn.apply))
+    x = torch.randn(2, 5, 11, 9, requires_grad=True)
+    w = torch.randn(5, 1, 7, 3, requires_grad=True)
+    g = torch.randn(2, 5, 11, 9)
+    gx, gw = torch.autograd.grad(lkconv.depthwise_conv2d(x, w, padding=(3, 1)), (x, w), g)
+    assert not applied
+    rx, rw = torch.autograd.grad(F.conv2d(x, w, None, 1, (3, 1), 1, 5), (x, w), g)
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw, rtol=1e-5, atol=1e-4)
+    gx2, _ = torch.autograd.grad(lkconv.depthwise_conv2d(x, w, padding=(3, 1)), (x, w), g, create_graph=True)
+    assert len(applied) == 2
+    (hx,) = torch.autograd.grad(gx2.square().sum(), w)
+    (rhx,) = torch.autograd.grad(torch.autograd.grad(F.conv2d(x, w, None, 1, (3, 1), 1, 5), x, g,
+                                                     create_graph=True)[0].square().sum(), w)
+    torch.testing.assert_close(hx, rhx, rtol=1e-4, atol=1e-3)
