@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
-from . import autograd, dispatch, nonfinite
+from . import autograd, dispatch, ops
 from .backends import Backend, BackendNotSupportedError
 from .geometry import ConvCall, IntPair, Padding, UnplannableCall, plan
 
@@ -70,8 +70,7 @@ def _run_inference(backend: Backend, call: ConvCall, x, weight, bias) -> torch.T
     rule as the op (on the CPU PyTorch's forward already follows the rule)."""
     if backend.name == "torch":
         return backend.forward(x, weight, bias, call)
-    return nonfinite.forward(lambda xx, ww, bb: backend.forward(xx, ww, bb, call), x, weight, bias,
-                             list(call.padding), list(call.stride), list(call.dilation))
+    return ops.run_fwd(backend, call, x, weight, bias)
 
 
 def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,

@@ -38,9 +38,15 @@ def depthwise_conv2d_fwd(input: torch.Tensor, weight: torch.Tensor, bias: Option
                          padding: List[int], stride: List[int], dilation: List[int]) -> torch.Tensor:
     call = _call(input.shape, weight.shape[2:], padding, stride, dilation, input.device, input.dtype,
                  is_channels_last(input), "forward")
-    backend = dispatch.select(call)
-    return nonfinite.forward(lambda x, w, b: backend.forward(x, w, b, call), input, weight, bias, padding, stride,
-                             dilation)
+    return run_fwd(dispatch.select(call), call, input, weight, bias)
+
+
+def run_fwd(backend, call: ConvCall, input: torch.Tensor, weight: torch.Tensor,
+            bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """The forward op's body once the backend is chosen: the backend under the non-finite rule (also called
+    directly by eager CPU inference, see functional.py)."""
+    return nonfinite.forward(lambda x, w, b: backend.forward(x, w, b, call), input, weight, bias,
+                             list(call.padding), list(call.stride), list(call.dilation))
 
 
 @depthwise_conv2d_fwd.register_fake
