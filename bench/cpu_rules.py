@@ -1,14 +1,15 @@
 """`python -m bench.cpu_rules`: the measurements behind the CPU dispatch rules.
 
-Two rules decide where a CPU forward/backward-input runs: which of lkconv's correlation cores (`prefer_channels`
-in csrc/cpu/depthwise_cpu.cpp: plane cores or channel-vectorised cores) and whether PyTorch's own kernel is
-faster still (`CpuBackend.auto_refusals`). This measures, per shape and caller layout, PyTorch (oneDNN or its
-native kernel, in the caller's layout; for the forward also with a bias, since PyTorch's NCHW kernel changes
-speed with it), both lkconv cores forced, and lkconv's automatic choice (for the forward: the public
-`lkconv.depthwise_conv2d` under inference_mode, so routing and Python overhead count), interleaved in one
-process (float32, the model shapes of ConvNeXt-T and RepLKNet-31B, batch 1 and 4), and reports for each row
-which is fastest and how far the automatic choice is from it. Timings, not correctness: the correctness of
-both cores is asserted by the test suite.
+Three rules decide where a CPU forward/backward-input runs: which of lkconv's correlation cores (`prefer_channels`
+in csrc/cpu/depthwise_cpu.cpp: plane cores or channel-vectorised cores), how the channel cores take a
+channels_last source (`read_in_place`, same file: a gathered, zero-bordered copy or the tensor read in place), and
+whether PyTorch's own kernel is faster still (`CpuBackend.auto_refusals`). This measures, per shape and caller
+layout, PyTorch (oneDNN or its native kernel, in the caller's layout; for the forward also with a bias, since
+PyTorch's NCHW kernel changes speed with it), every lkconv core forced (the in-place reading for channels_last
+sources only), and lkconv's automatic choice (for the forward: the public `lkconv.depthwise_conv2d` under
+inference_mode, so routing and Python overhead count), interleaved in one process (float32, the model shapes of
+ConvNeXt-T and RepLKNet-31B, batch 1 and 4), and reports for each row which is fastest and how far the automatic
+choice is from it. Timings, not correctness: the correctness of every core is asserted by the test suite.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class RuleRow:
     torch_ms: float
     torch_bias_ms: Optional[float]  # forward only: PyTorch with a bias
     planes_ms: float
-    channels_ms: float
+    channels_ms: float  # channel cores over a gathered, zero-bordered copy
+    in_place_ms: Optional[float]  # channel cores reading the source in place (channels_last only)
     auto_ms: float
     fastest: str
     auto_over_fastest: float  # auto's time / the fastest time (1.0 = auto picked the fastest)
@@ -63,7 +65,7 @@ def _callables(pass_: str, x, w, g, k, cl):
         theirs = lambda: F.conv2d(x, w, None, 1, k // 2, 1, c)  # noqa: E731
         theirs_bias = lambda: F.conv2d(x, w, bias, 1, k // 2, 1, c)  # noqa: E731
         auto = lambda: lkconv.depthwise_conv2d(x, w, padding=k // 2)  # noqa: E731
-        return theirs, ours("planes"), ours("channels"), auto, theirs_bias
+        return theirs, ours("planes"), ours("channels"), ours("channels_in_place") if cl else None, auto, theirs_bias
     else:
         h, wd = x.shape[2:]
 
@@ -72,16 +74,17 @@ def _callables(pass_: str, x, w, g, k, cl):
 
         theirs = lambda: torch.ops.aten.convolution_backward(  # noqa: E731
             g, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], c, [True, False, False])
-    return theirs, ours("planes"), ours("channels"), ours("auto")
+    return theirs, ours("planes"), ours("channels"), ours("channels_in_place") if cl else None, ours("auto")
 
 
-def measure(kernel_sizes: List[int], batches: List[int], passes: List[str], min_run_time: float) -> List[RuleRow]:
+def measure(kernel_sizes: List[int], batches: List[int], passes: List[str], min_run_time: float,
+            layouts=("nchw", "channels_last")) -> List[RuleRow]:
     rows = []
     for pass_ in passes:
         for k in kernel_sizes:
             for n in batches:
                 for c, size in STAGES:
-                    for layout in ("nchw", "channels_last"):
+                    for layout in layouts:
                         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
                         x = torch.randn(n, c, size, size).contiguous(memory_format=fmt)
                         g = torch.randn(n, c, size, size).contiguous(memory_format=fmt)
@@ -92,16 +95,21 @@ def measure(kernel_sizes: List[int], batches: List[int], passes: List[str], min_
                         with torch.inference_mode():
                             for _ in range(3):
                                 for i, fn in enumerate(fns):
-                                    times[i].append(time_cpu(fn, min_run_time).median_ms)
-                        t, p, ch, auto, *tb = (sorted(ts)[1] for ts in times)
-                        best = min(t, p, ch)
-                        fastest = ("torch", "planes", "channels")[[t, p, ch].index(best)]
-                        row = RuleRow(pass_, n, c, size, k, layout, t, tb[0] if tb else None, p, ch, auto, fastest,
-                                      auto / best)
+                                    if fn is not None:
+                                        times[i].append(time_cpu(fn, min_run_time).median_ms)
+                        t, p, ch, ip, auto, *tb = (sorted(ts)[1] if ts else None for ts in times)
+                        candidates = {"torch": t, "planes": p, "channels": ch, "in_place": ip}
+                        fastest, best = min(((k, v) for k, v in candidates.items() if v is not None),
+                                            key=lambda kv: kv[1])
+                        row = RuleRow(pass_, n, c, size, k, layout, t, tb[0] if tb else None, p, ch, ip, auto,
+                                      fastest, auto / best)
                         rows.append(row)
                         print(f"{pass_:<14} n={n} c={c:<4} {size:>2}x{size:<2} k={k:<2} {layout:<13} torch {t:7.3f} "
                               + (f"(+bias {tb[0]:7.3f}) " if tb else "")
-                              + f"planes {p:7.3f} channels {ch:7.3f} auto {auto:7.3f}  fastest {fastest:<8} "
+                              + f"planes {p:7.3f} channels {ch:7.3f} "
+                              + (f"in place {ip:7.3f} " if ip is not None else "")
+                              + f"auto {auto:7.3f}  "
+                              f"fastest {fastest:<8} "
                               f"auto/fastest {auto / best:4.2f}", flush=True)
     return rows
 
@@ -111,6 +119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--kernel-sizes", type=kernel_sizes_arg, default=[3, 7, 9, 13, 29])
     p.add_argument("--batch-sizes", type=kernel_sizes_arg, default=[1, 4])
     p.add_argument("--passes", default="forward,backward_input")
+    p.add_argument("--layouts", default="nchw,channels_last")
     p.add_argument("--min-run-time", type=float, default=0.1, help="seconds per timing (3 interleaved rounds)")
     p.add_argument("--out", type=writable_path, default=None, help="results JSON")
     args = p.parse_args(argv)
@@ -118,8 +127,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     bad = [s for s in passes if s not in ("forward", "backward_input")]
     if bad:
         p.error(f"argument --passes: unknown {bad}; choose from forward, backward_input")
+    layouts = [s for s in args.layouts.split(",") if s]
+    if not layouts or any(s not in ("nchw", "channels_last") for s in layouts):
+        p.error(f"argument --layouts: {args.layouts!r}; choose from nchw, channels_last")
     env = describe_environment(torch.device("cpu"))
-    rows = measure(args.kernel_sizes, args.batch_sizes, passes, args.min_run_time)
+    rows = measure(args.kernel_sizes, args.batch_sizes, passes, args.min_run_time, layouts)
     finish_environment(env)
     worst = max(rows, key=lambda r: r.auto_over_fastest)
     print(f"# load average before {env['load_average_before']}; worst auto/fastest {worst.auto_over_fastest:.2f} "

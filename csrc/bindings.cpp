@@ -13,6 +13,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("algorithm") = 0);
   m.def("cpu_backward_weight", &lkconv::cpu::backward_weight, "depthwise backward-weight, CPU",
         py::arg("grad_output"), py::arg("input"), py::arg("kh"), py::arg("kw"), py::arg("padding"));
+  m.def("cpu_channels_read_in_place", &lkconv::cpu::channels_read_in_place,
+        "whether the channel cores read a channels_last source in place for this filter width, map width and batch",
+        py::arg("kw"), py::arg("width"), py::arg("images"));
   m.def("cpu_fma_peak_gflops", &lkconv::cpu::fma_peak_gflops, "measured float32 FMA peak over torch's threads",
         py::arg("seconds") = 0.5);
   m.def("cpu_isa", [] { return std::string(lkconv::cpu::plane_kernels().isa); },

@@ -1,5 +1,6 @@
 // Declarations of the compiled passes. Padding is (top, bottom, left, right); stride and dilation are 1.
-// `algorithm` picks the correlation cores of forward/backward-input: 0 by shape, 1 plane, 2 channel-vectorised.
+// `algorithm` picks the correlation cores of forward/backward-input: 0 by shape, 1 plane, 2 channel-vectorised
+// over a gathered copy, 3 channel-vectorised reading a channels_last source in place.
 #pragma once
 #include <torch/extension.h>
 
@@ -11,6 +12,9 @@ at::Tensor backward_input(const at::Tensor& grad_out, const at::Tensor& weight, 
                           at::IntArrayRef padding, bool channels_last, int64_t algorithm = 0);
 at::Tensor backward_weight(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh, int64_t kw,
                            at::IntArrayRef padding);
+// Whether the channel cores read a channels_last source in place (rather than gathering it) for a filter kw
+// taps wide (after cropping) on a batch of `images` maps `width` pixels wide, when nothing forces a choice.
+bool channels_read_in_place(int64_t kw, int64_t width, int64_t images);
 // Measured float32 FMA peak of this machine's picked instruction set over torch's threads, GFLOP/s.
 double fma_peak_gflops(double seconds);
 }  // namespace cpu

@@ -59,7 +59,7 @@ def test_cpu_backend_other_dtypes(case, dtype):
 
 # Both correlation cores of the CPU backend on every case (auto picks one by shape; here each is forced).
 @pytest.mark.parametrize("case", cases(per_kernel=2), ids=lambda c: c.id)
-@pytest.mark.parametrize("algorithm", ["planes", "channels"])
+@pytest.mark.parametrize("algorithm", ["planes", "channels", "channels_in_place"])
 def test_cpu_correlation_cores(case, algorithm):
     from lkconv.backends.cpu import cpu_algorithm
 
@@ -277,6 +277,36 @@ def test_every_width_and_height_cpu(kernel, algorithm):
             ref = conv_with_grads(x.double(), wt.double(), None, g.double(), padding="same", fn=unfold_conv)
             theirs = conv_with_grads(x, wt, None, g, padding="same")
             for name, o, t, r in zip(("output", "grad_input", "grad_weight"), ours, theirs, ref):
+                assert_within_torch_error(o, t, r, f"{h}x{w} {name}")
+
+
+@pytest.mark.parametrize("kernel,padding", [((3, 3), "same"), ((5, 5), "same"), ((7, 5), "same"), ((3, 3), 0),
+                                            ((5, 3), (1, 2)), ((2, 4), (0, 3))], ids=str)
+@pytest.mark.parametrize("view", ["dense", "channel_slice"])
+def test_channel_cores_reading_in_place_every_size(kernel, padding, view):
+    """The channel cores reading a channels_last source in place (no gathered, zero-bordered copy): only the
+    image is read, so the columns near its edges take their exact tap ranges (straight-line blocks for 3x3 and
+    5x5 "same" padding, one column at a time otherwise). Every width and height up to 40, two vectors of
+    channels, a dense tensor and a channel slice whose pixels are 64 values apart; forward and input gradient."""
+    from lkconv.backends.cpu import cpu_algorithm
+
+    kh, kw = kernel
+    for size in range(1, 41):
+        for h, w in ((5, size), (size, 6)):
+            ph, pw = (kh // 2, kw // 2) if padding == "same" else (padding, padding) if isinstance(padding, int) \
+                else padding
+            if h + 2 * ph < kh or w + 2 * pw < kw:
+                continue
+            big = torch.randn(2, 64, h, w).contiguous(memory_format=torch.channels_last)
+            x = big if view == "dense" else big[:, 16:48]
+            wt, b = torch.randn(x.shape[1], 1, kh, kw), torch.randn(x.shape[1])
+            out_shape = F.conv2d(x, wt, None, 1, padding, 1, x.shape[1]).shape
+            g = torch.randn(out_shape).contiguous(memory_format=torch.channels_last)
+            with lkconv.use_backend("cpu"), cpu_algorithm("channels_in_place"):
+                ours = conv_with_grads(x, wt, b, g, padding=padding, fn=lambda *a: lkconv.depthwise_conv2d(*a))
+            ref = conv_with_grads(x.double(), wt.double(), b.double(), g.double(), padding=padding, fn=unfold_conv)
+            theirs = conv_with_grads(x, wt, b, g, padding=padding)
+            for name, o, t, r in zip(("output", "grad_input"), ours, theirs, ref):
                 assert_within_torch_error(o, t, r, f"{h}x{w} {name}")
 
 

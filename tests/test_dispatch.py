@@ -39,19 +39,23 @@ def test_explain_names_the_choice_and_every_refusal():
     assert "runs on: forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in text
 
 
-def test_measured_cpu_rule_per_pass():
-    """channels_last 3x3-5x5 kernels over large activations: oneDNN for forward/backward-input; smaller
-    activations and longer kernels: lkconv's channel cores; the weight gradient always lkconv's."""
+def test_measured_cpu_rule_per_pass(monkeypatch):
+    """Every pass of channels_last and NCHW calls runs on lkconv's cores (the channel cores read 3x3/5x5
+    channels_last sources in place: nowhere measurably slower than oneDNN); an entry of ONEDNN_CHANNELS_LAST sends
+    the forward and backward-input of the calls it covers to oneDNN, and says so."""
+    from lkconv.backends import cpu
+
     large = torch.randn(4, 128, 56, 56).contiguous(memory_format=torch.channels_last)
+    for k in (3, 5, 7):
+        text = lkconv.explain(large, torch.randn(128, 1, k, k), padding=k // 2)
+        assert "forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in text
+    assert "forward -> cpu" in lkconv.explain(large.contiguous(), torch.randn(128, 1, 3, 3), padding=1)  # NCHW
+    monkeypatch.setattr(cpu, "ONEDNN_CHANNELS_LAST", ((3, 1_000_000),))
     text = lkconv.explain(large, torch.randn(128, 1, 3, 3), padding=1)
-    assert "forward -> torch, backward_input -> torch, backward_weight -> cpu" in text
-    assert "oneDNN" in text
-    assert "forward -> torch" in lkconv.explain(large, torch.randn(128, 1, 5, 5), padding=2)
-    text = lkconv.explain(large, torch.randn(128, 1, 7, 7), padding=3)
-    assert "forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in text
+    assert "forward -> torch, backward_input -> torch, backward_weight -> cpu" in text and "oneDNN" in text
+    assert "forward -> cpu" in lkconv.explain(large, torch.randn(128, 1, 5, 5), padding=2)
     small = torch.randn(1, 128, 56, 56).contiguous(memory_format=torch.channels_last)
     assert "forward -> cpu, backward_input -> cpu" in lkconv.explain(small, torch.randn(128, 1, 3, 3), padding=1)
-    assert "forward -> cpu" in lkconv.explain(large.contiguous(), torch.randn(128, 1, 3, 3), padding=1)  # NCHW
 
 
 def test_cpu_rule_follows_its_evidence():
@@ -73,12 +77,35 @@ def test_cpu_rule_follows_its_evidence():
         call = ConvCall(r["n"], r["c"], r["size"], r["size"], r["k"], r["k"], (p, p, p, p), (1, 1), (1, 1),
                         torch.device("cpu"), torch.float32, True, r["pass"])
         to_onednn = bool(BACKENDS["cpu"].auto_refusals(call))
-        ours = min(r["planes_ms"], r["channels_ms"])
+        ours = min(r["planes_ms"], r["channels_ms"], r.get("in_place_ms") or float("inf"))
         where = f"{r['pass']} n={r['n']} c={r['c']} {r['size']}x{r['size']} k={r['k']}"
         if r["torch_ms"] * 1.15 < ours:
             assert to_onednn, f"{where}: oneDNN {r['torch_ms']:.3f} ms vs lkconv {ours:.3f} ms"
         elif ours * 1.15 < r["torch_ms"]:
             assert not to_onednn, f"{where}: lkconv {ours:.3f} ms vs oneDNN {r['torch_ms']:.3f} ms"
+
+
+def test_channel_cores_read_in_place_where_their_evidence_says():
+    """Every channels_last row of bench/results/cpu-rules.json where reading the source in place or gathering it
+    is more than 15% faster: the channel cores' rule (`read_in_place` in csrc/cpu/depthwise_cpu.cpp) picks it."""
+    import json
+    import os
+
+    from lkconv import _ext
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "results",
+                        "cpu-rules.json")
+    with open(path) as f:
+        rows = [r for r in json.load(f)["rows"] if r["layout"] == "channels_last"]
+    assert all(r.get("in_place_ms") for r in rows), "the evidence predates the in-place reading: re-measure"
+    for r in rows:
+        cropped = min(r["k"], 2 * r["size"] - 1)  # the taps that can touch the map ("same" padding)
+        in_place = _ext._C.cpu_channels_read_in_place(cropped, r["size"], r["n"])
+        where = f"{r['pass']} n={r['n']} c={r['c']} {r['size']}x{r['size']} k={r['k']}"
+        if r["in_place_ms"] * 1.15 < r["channels_ms"]:
+            assert in_place, f"{where}: in place {r['in_place_ms']:.3f} ms vs gathered {r['channels_ms']:.3f} ms"
+        elif r["channels_ms"] * 1.15 < r["in_place_ms"]:
+            assert not in_place, f"{where}: gathered {r['channels_ms']:.3f} ms vs in place {r['in_place_ms']:.3f} ms"
 
 
 def test_use_backend_forces_and_restores():

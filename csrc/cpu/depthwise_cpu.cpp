@@ -211,11 +211,31 @@ void copy_pixels(int64_t L, T* dst, int64_t dst_px, const T* src, int64_t src_px
   }
 }
 
+// Which correlation cores a call uses: 1 = plane cores, 2 = channel-vectorised cores over a gathered copy,
+// 3 = channel-vectorised cores reading a channels_last source in place (where its vectors are whole; else 2),
+// 0 = pick by shape.
+enum Algorithm : int64_t { kAuto = 0, kPlanes = 1, kChannels = 2, kChannelsInPlace = 3 };
+
+// Whether the channel cores read a channels_last source in place rather than gathering it first: gathering
+// gives every block whole windows over a zero border; reading in place saves a copy of the image (and walks
+// memory nearly in order, every channel group per band of rows) but computes the columns within kw - 1 of the
+// image's edges apart, as straight-line blocks for 3x3 and 5x5 "same" filters and one column at a time otherwise.
+// Measured (float32, 2 threads, `python -m bench.cpu_rules`, bench/results/cpu-rules.json): in place is faster
+// for 3-wide filters on maps of 28 and more or batches of 4 (up to 1.7x at 56x56), for 5-wide filters on maps of
+// 56 or of 28 with batches of 4; gathering stays ahead for small maps of one image and for 7-wide and wider
+// filters (in place: 0.9-1.15x at 56x56, down to 0.4x at 7x7, where most columns are edge columns).
+bool read_in_place(int64_t algorithm, int64_t kw, int64_t wimg, int64_t images) {
+  if (algorithm != kAuto) return algorithm == kChannelsInPlace;
+  if (kw <= 3) return wimg >= 28 || images >= 4;
+  if (kw <= 5) return wimg >= 56 || (wimg >= 28 && images >= 4);
+  return false;
+}
+
 // The same result as correlate_all by the channel-vectorised cores (channel_kernels.h): L channels of a
 // pixel side by side in [row][col][L] buffers, so small maps fill the vectors and padding taps are skipped.
 template <typename S>
 void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, const S* bias, at::Tensor& out,
-                            int64_t top, int64_t left, bool flip) {
+                            int64_t top, int64_t left, bool flip, int64_t algorithm) {
   using T = acc_t<S>;
   const int64_t N = src.size(0), C = src.size(1), H = src.size(2), W = src.size(3);
   const int64_t OH = out.size(2), OW = out.size(3), kh = filter.size(2), kw = filter.size(3);
@@ -258,8 +278,34 @@ void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, con
   S* op = out.data_ptr<S>();
   const auto ss = src.strides(), os = out.strides();
   const ChannelsFn<T> correlate = channels_fn<T>();
+  // Read in place where every vector of channels is whole and contiguous (channels_last, compute type, C a
+  // multiple of L): see read_in_place for when that beats gathering.
+  const bool in_place_src = std::is_same<S, T>::value && ss[1] == 1 && C % L == 0 && khc > 0 && kwc > 0 &&
+                            Hc > 0 && Wc > 0 && read_in_place(algorithm, kwc, Wc, N);
+  if (in_place_src && os[1] == 1) {
+    // Both tensors in place: a band of output rows at a time, every channel group in turn. A pixel's groups are
+    // neighbouring cache lines, so the calls walk memory nearly in order, where group by group each pass over
+    // the image strides through it C values at a time.
+    std::vector<T> filters(groups * group_taps);
+    for (int64_t g = 0; g < groups; ++g) prepare_filter(g, filters.data() + g * group_taps);
+    const int64_t band = 4, bands = (OH + band - 1) / band;  // 2 and 8 rows measured within noise of 4
+    at::parallel_for(0, N * bands, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / bands, y0 = task % bands * band, rows = std::min(band, OH - y0);
+        const T* image = reinterpret_cast<const T*>(sp + n * ss[0] + skip_r * ss[2] + skip_c * ss[3]);
+        T* o = reinterpret_cast<T*>(op + n * os[0] + y0 * os[2]);
+        for (int64_t g = 0; g < groups; ++g)
+          correlate(image + g * L, ss[2], ss[3], true, static_cast<int>(Hc), static_cast<int>(bl),
+                    static_cast<int>(Wc), static_cast<int>(btop - y0), filters.data() + g * group_taps,
+                    static_cast<int>(khc), static_cast<int>(kwc), bt.data() + g * L, o + g * L, os[2], os[3],
+                    static_cast<int>(rows), static_cast<int>(OW));
+      }
+    });
+    return;
+  }
   at::parallel_for(0, N * groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> sbuf(std::max<int64_t>(Hc, 1) * cols * L, T(0)), obuf(OH * OW * L), wbuf(group_taps);
+    std::vector<T> sbuf(in_place_src ? 0 : std::max<int64_t>(Hc, 1) * cols * L, T(0)), obuf(OH * OW * L),
+        wbuf(group_taps);
     int64_t prepared = -1;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t group = task / N, n = task % N, c0 = group * L, g_count = std::min(L, C - c0);
@@ -267,7 +313,7 @@ void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, con
       const bool whole_vectors = g_count == L && std::is_same<S, T>::value;
       if (group != prepared && khc > 0 && kwc > 0) prepare_filter(group, wbuf.data()), prepared = group;
       const S* s = sp + n * ss[0] + c0 * ss[1] + skip_r * ss[2] + skip_c * ss[3];
-      if (khc > 0 && kwc > 0) {
+      if (khc > 0 && kwc > 0 && !in_place_src) {
         // Gather the image into columns [bl, bl + Wc); the columns around it stay zero from the allocation.
         if (whole_vectors && ss[1] == 1) {  // one vector copy per pixel
           for (int64_t r = 0; r < Hc; ++r)
@@ -292,7 +338,9 @@ void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, con
       S* o = op + n * os[0] + c0 * os[1];
       // A channels_last output of the compute type takes the results in place; others go through obuf.
       const bool in_place = whole_vectors && os[1] == 1;
-      correlate(sbuf.data(), cols * L, static_cast<int>(Hc), static_cast<int>(bl), static_cast<int>(Wc),
+      const T* image = in_place_src ? reinterpret_cast<const T*>(s) : sbuf.data() + bl * L;
+      correlate(image, in_place_src ? ss[2] : cols * L, in_place_src ? ss[3] : L, in_place_src,
+                static_cast<int>(Hc), static_cast<int>(bl), static_cast<int>(Wc),
                 static_cast<int>(btop), wbuf.data(), static_cast<int>(khc), static_cast<int>(kwc),
                 bt.data() + group * L, in_place ? reinterpret_cast<T*>(o) : obuf.data(), in_place ? os[2] : OW * L,
                 in_place ? os[3] : L, static_cast<int>(OH), static_cast<int>(OW));
@@ -316,8 +364,6 @@ void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, con
   });
 }
 
-// Which correlation cores a call uses: 1 = plane cores, 2 = channel-vectorised cores, 0 = pick by shape.
-enum Algorithm : int64_t { kAuto = 0, kPlanes = 1, kChannels = 2 };
 
 // The channel-vectorised cores win (measured, float32, 2 threads, N = 1 and 4: bench/results/cpu-rules.json) for
 // channels_last sources at every measured shape (their gather is a plain copy), and for NCHW sources where the
@@ -331,13 +377,13 @@ bool prefer_channels(bool channels_fastest, int64_t ow, int64_t kw) {
 template <typename S>
 void correlate(const at::Tensor& src, const at::Tensor& filter, const S* bias, at::Tensor& out, int64_t top,
                int64_t left, bool flip, int64_t algorithm) {
-  TORCH_CHECK(algorithm >= kAuto && algorithm <= kChannels, "lkconv cpu: algorithm must be 0 (auto), 1 (planes) "
-              "or 2 (channels), got ", algorithm);
+  TORCH_CHECK(algorithm >= kAuto && algorithm <= kChannelsInPlace, "lkconv cpu: algorithm must be 0 (auto), "
+              "1 (planes), 2 (channels) or 3 (channels_in_place), got ", algorithm);
   const bool channels_fastest = src.stride(1) == 1 && src.size(1) > 1;
-  const bool channels = algorithm == kChannels ||
+  const bool channels = algorithm == kChannels || algorithm == kChannelsInPlace ||
                         (algorithm == kAuto && prefer_channels(channels_fastest, out.size(3), filter.size(3)));
   if (channels)
-    correlate_channels_all<S>(src, filter, bias, out, top, left, flip);
+    correlate_channels_all<S>(src, filter, bias, out, top, left, flip, algorithm);
   else
     correlate_all<S>(src, filter, bias, out, top, left, flip);
 }
@@ -492,6 +538,10 @@ at::Tensor backward_weight(const at::Tensor& grad_out, const at::Tensor& input, 
     weight_grad<scalar_t>(grad_out, input, grad_w, padding[0], padding[2]);
   });
   return grad_w;
+}
+
+bool channels_read_in_place(int64_t kw, int64_t width, int64_t images) {
+  return read_in_place(kAuto, kw, width, images);
 }
 
 double fma_peak_gflops(double seconds) {

@@ -12,11 +12,13 @@ template <typename T>
 using WgradFn = void (*)(const T* src, int64_t src_stride, const T* g, int64_t g_stride, int oh, int ow, int kh,
                          int kw, T* res, int64_t res_stride, int row_lo, int row_hi);
 
-// Channel-vectorised correlation (channel_kernels.h): a source buffer of [row][col][lanes] values; outputs of
-// `lanes` values, out_px elements apart in rows out_row elements apart.
+// Channel-vectorised correlation (channel_kernels.h): a source of pixels of `lanes` values (a zero-bordered
+// buffer, or the caller's channels_last tensor read in place: `exact`); outputs of `lanes` values, out_px
+// elements apart in rows out_row elements apart.
 template <typename T>
-using ChannelsFn = void (*)(const T* src, int64_t src_row, int h, int bl, int wimg, int bt, const T* w, int kh,
-                            int kw, const T* bias, T* out, int64_t out_row, int64_t out_px, int oh, int ow);
+using ChannelsFn = void (*)(const T* src, int64_t src_row, int64_t src_px, bool exact, int h, int bl, int wimg,
+                            int bt, const T* w, int kh, int kw, const T* bias, T* out, int64_t out_row,
+                            int64_t out_px, int oh, int ow);
 
 struct PlaneKernels {
   const char* isa;

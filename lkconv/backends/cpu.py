@@ -2,8 +2,9 @@
 
 Forward and backward-input run on one of two correlation cores: the plane cores (vectors along a row of one
 channel) or the channel-vectorised cores (vectors across 16 channels of a pixel, padding taps skipped), picked
-by shape in C++ (`prefer_channels` in csrc/cpu/depthwise_cpu.cpp). `cpu_algorithm` forces one, for tests and
-measurements."""
+by shape in C++ (`prefer_channels` in csrc/cpu/depthwise_cpu.cpp); the channel cores take a channels_last source
+either as a gathered, zero-bordered copy or read in place (`read_in_place`, same file). `cpu_algorithm` forces one
+("planes", "channels" = gathered, "channels_in_place"), for tests and measurements."""
 
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ from .. import _ext
 from .base import Backend, common_refusals
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-ALGORITHMS = {"auto": 0, "planes": 1, "channels": 2}
+ALGORITHMS = {"auto": 0, "planes": 1, "channels": 2, "channels_in_place": 3}
 _algorithm = contextvars.ContextVar("lkconv_cpu_algorithm", default="auto")
 
 
 @contextlib.contextmanager
 def cpu_algorithm(name: str) -> Iterator[None]:
-    """Within the block, the CPU forward/backward-input use the named correlation cores ("auto", "planes" or
-    "channels")."""
+    """Within the block, the CPU forward/backward-input use the named correlation cores ("auto", "planes",
+    "channels" or "channels_in_place")."""
     if name not in ALGORITHMS:
         raise ValueError(f"unknown CPU algorithm {name!r} (one of {', '.join(ALGORITHMS)})")
     token = _algorithm.set(name)
@@ -35,12 +36,13 @@ def cpu_algorithm(name: str) -> Iterator[None]:
 
 
 #: (largest kernel side, smallest N*C*H*W): channels_last float32 forward and backward-input calls with kernels
-#: up to that side over activations at least that large go to oneDNN (the torch backend). Measured
-#: (bench/results/cpu-rules.json): where the activations outgrow the caches, oneDNN's pixel-by-pixel sweep over
-#: all channels beats the channel cores' passes of 16 channels for 3x3 kernels (lkconv 0.57-0.96x from 0.8M
-#: values) and 5x5 kernels (0.85-1.01x from 1.2M); everywhere else, 7x7 kernels and longer included, the channel
-#: cores are faster (1.04-3.1x; 1.2-3.1x at 7x7).
-ONEDNN_CHANNELS_LAST = ((3, 700_000), (5, 1_000_000))
+#: up to that side over activations at least that large go to oneDNN (the torch backend). Empty since the channel
+#: cores read channels_last sources in place (csrc/cpu/depthwise_cpu.cpp, `read_in_place`): measured
+#: (bench/results/cpu-rules.json), oneDNN is nowhere more than a few percent faster, and lkconv is up to 1.7x faster
+#: at 3x3 and 5x5 (before, oneDNN's sweep over all channels of a pixel row beat the cores' gathered copies of 16
+#: channels at a time for 3x3/5x5 kernels over activations of 0.7M/1.0M values and more). A test holds this table
+#: to its evidence file: every row where oneDNN is more than 15% faster must be routed to it.
+ONEDNN_CHANNELS_LAST: tuple = ()
 
 
 class CpuBackend(Backend):
@@ -54,9 +56,9 @@ class CpuBackend(Backend):
 
     def auto_refusals(self, call):
         # Measured rule (bench/results/cpu-rules.json, `python -m bench.cpu_rules`: ConvNeXt-T and RepLKNet-31B
-        # stage shapes, batch 1 and 4, kernels 3-29): see ONEDNN_CHANNELS_LAST. NCHW calls stay here: PyTorch's
-        # NCHW depthwise kernel is at best ~20% faster on a few small maps and up to 140x slower on others, by
-        # shape and bias. The weight gradient stays here at every size (>= 3x faster).
+        # stage shapes, batch 1 and 4, kernels 3-29): see ONEDNN_CHANNELS_LAST (now empty). NCHW calls stay here:
+        # PyTorch's NCHW depthwise kernel is at best ~20% faster on a few small maps and up to 140x slower on
+        # others, by shape and bias. The weight gradient stays here at every size (>= 3x faster).
         k = max(call.kh, call.kw)
         if not (call.channels_last and call.pass_name in ("forward", "backward_input")
                 and call.dtype == torch.float32 and call.unit_stride_dilation):
