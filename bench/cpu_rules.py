@@ -3,13 +3,14 @@
 Three rules decide where a CPU forward/backward-input runs: which of lkconv's correlation cores (`prefer_channels`
 in csrc/cpu/depthwise_cpu.cpp: plane cores or channel-vectorised cores), how the channel cores take a
 channels_last source (`read_in_place`, same file: a gathered, zero-bordered copy or the tensor read in place), and
-whether PyTorch's own kernel is faster still (`CpuBackend.auto_refusals`). This measures, per shape and caller
-layout, PyTorch (oneDNN or its native kernel, in the caller's layout; for the forward also with a bias, since
-PyTorch's NCHW kernel changes speed with it), every lkconv core forced (the in-place reading for channels_last
-sources only), and lkconv's automatic choice (for the forward: the public `lkconv.depthwise_conv2d` under
-inference_mode, so routing and Python overhead count), interleaved in one process (float32, the model shapes of
-ConvNeXt-T and RepLKNet-31B, batch 1 and 4), and reports for each row which is fastest and how far the automatic
-choice is from it. Timings, not correctness: the correctness of every core is asserted by the test suite.
+whether PyTorch's own kernel is faster still (`CpuBackend.auto_refusals`, which also decides where a weight
+gradient runs). This measures, per pass, shape and caller layout, PyTorch (oneDNN or its native kernel, in the
+caller's layout; for the forward also with a bias, since PyTorch's NCHW kernel changes speed with it), every
+lkconv core forced (the in-place reading for channels_last sources only), and lkconv's automatic choice (for the
+forward: the public `lkconv.depthwise_conv2d` under inference_mode, so routing and Python overhead count; for the
+weight gradient: the op's body), interleaved in one process (float32, the model shapes of ConvNeXt-T and
+RepLKNet-31B, batch 1 and 4), and reports for each row which is fastest and how far the automatic choice is from
+it. Timings, not correctness: the correctness of every core is asserted by the test suite.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ class RuleRow:
     layout: str
     torch_ms: float
     torch_bias_ms: Optional[float]  # forward only: PyTorch with a bias
-    planes_ms: float
-    channels_ms: float  # channel cores over a gathered, zero-bordered copy
+    planes_ms: float  # the plane cores (for backward_weight: lkconv's weight gradient)
+    channels_ms: Optional[float]  # channel cores over a gathered, zero-bordered copy
     in_place_ms: Optional[float]  # channel cores reading the source in place (channels_last only)
     auto_ms: float
     fastest: str
@@ -51,7 +52,9 @@ class RuleRow:
 
 
 def _callables(pass_: str, x, w, g, k, cl):
-    from lkconv import _ext
+    """(PyTorch, plane cores, channel cores over a copy, channel cores in place, lkconv's automatic choice[, PyTorch
+    with a bias]) for one case; None where lkconv has no such core for the pass."""
+    from lkconv import _ext, ops
     from lkconv.backends.cpu import ALGORITHMS
 
     import lkconv
@@ -66,14 +69,21 @@ def _callables(pass_: str, x, w, g, k, cl):
         theirs_bias = lambda: F.conv2d(x, w, bias, 1, k // 2, 1, c)  # noqa: E731
         auto = lambda: lkconv.depthwise_conv2d(x, w, padding=k // 2)  # noqa: E731
         return theirs, ours("planes"), ours("channels"), ours("channels_in_place") if cl else None, auto, theirs_bias
-    else:
-        h, wd = x.shape[2:]
-
-        def ours(algo):
-            return lambda: _ext._C.cpu_backward_input(g, w, h, wd, pad, cl, ALGORITHMS[algo])
-
+    if pass_ == "backward_weight":
+        # One lkconv core (the plane cores' weight gradient); `auto` is the op's body: the dispatcher's choice
+        # under the non-finite rule.
         theirs = lambda: torch.ops.aten.convolution_backward(  # noqa: E731
-            g, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], c, [True, False, False])
+            g, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], c, [False, True, False])
+        ours_wgrad = lambda: _ext._C.cpu_backward_weight(g, x, k, k, pad)  # noqa: E731
+        auto = lambda: ops.run_bwd_weight(g, x, [k, k], pad, [1, 1], [1, 1])  # noqa: E731
+        return theirs, ours_wgrad, None, None, auto
+    h, wd = x.shape[2:]
+
+    def ours(algo):
+        return lambda: _ext._C.cpu_backward_input(g, w, h, wd, pad, cl, ALGORITHMS[algo])
+
+    theirs = lambda: torch.ops.aten.convolution_backward(  # noqa: E731
+        g, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], c, [True, False, False])
     return theirs, ours("planes"), ours("channels"), ours("channels_in_place") if cl else None, ours("auto")
 
 
@@ -106,7 +116,8 @@ def measure(kernel_sizes: List[int], batches: List[int], passes: List[str], min_
                         rows.append(row)
                         print(f"{pass_:<14} n={n} c={c:<4} {size:>2}x{size:<2} k={k:<2} {layout:<13} torch {t:7.3f} "
                               + (f"(+bias {tb[0]:7.3f}) " if tb else "")
-                              + f"planes {p:7.3f} channels {ch:7.3f} "
+                              + f"planes {p:7.3f} "
+                              + (f"channels {ch:7.3f} " if ch is not None else "")
                               + (f"in place {ip:7.3f} " if ip is not None else "")
                               + f"auto {auto:7.3f}  "
                               f"fastest {fastest:<8} "
@@ -118,15 +129,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cpu_rules", description=__doc__)
     p.add_argument("--kernel-sizes", type=kernel_sizes_arg, default=[3, 7, 9, 13, 29])
     p.add_argument("--batch-sizes", type=kernel_sizes_arg, default=[1, 4])
-    p.add_argument("--passes", default="forward,backward_input")
+    p.add_argument("--passes", default="forward,backward_input,backward_weight")
     p.add_argument("--layouts", default="nchw,channels_last")
     p.add_argument("--min-run-time", type=float, default=0.1, help="seconds per timing (3 interleaved rounds)")
     p.add_argument("--out", type=writable_path, default=None, help="results JSON")
     args = p.parse_args(argv)
     passes = [s for s in args.passes.split(",") if s]
-    bad = [s for s in passes if s not in ("forward", "backward_input")]
+    bad = [s for s in passes if s not in ("forward", "backward_input", "backward_weight")]
     if bad:
-        p.error(f"argument --passes: unknown {bad}; choose from forward, backward_input")
+        p.error(f"argument --passes: unknown {bad}; choose from forward, backward_input, backward_weight")
     layouts = [s for s in args.layouts.split(",") if s]
     if not layouts or any(s not in ("nchw", "channels_last") for s in layouts):
         p.error(f"argument --layouts: {args.layouts!r}; choose from nchw, channels_last")

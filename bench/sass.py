@@ -461,9 +461,9 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
 
 
 # ---- the Triton kernels -------------------------------------------------------------------------------------------
-def _compile_triton(kernels, arch_num: int, dtypes=("fp32", "bf16")) -> List[KernelReport]:
+def _compile_triton(kernels, arch_num: int, dtypes=("fp32", "bf16"), warps_list=(4, 8)) -> List[KernelReport]:
     """Compile each (name, autotuned kernel, [(names, values)], extra constexprs(dtype), unit-stride params) for
-    every config, 4 and 8 warps and each dtype, and read its SASS. As Triton's JIT specialises its arguments:
+    every config, each warp count of `warps_list` and each dtype, and read its SASS. As Triton's JIT specialises its arguments:
     unit-stride params are compiled as the constant 1 (the innermost stride of a contiguous tensor) and pointers
     as 16-byte aligned (every PyTorch allocation is). A config whose extra constexprs are None for a dtype is
     skipped for it."""
@@ -479,7 +479,7 @@ def _compile_triton(kernels, arch_num: int, dtypes=("fp32", "bf16")) -> List[Ker
         for name, autotuned, blocks, extra, unit in kernels:
             fn = autotuned.fn
             constexpr_names = [p.name for p in fn.params if p.is_constexpr]
-            for (names, values), warps, dtype in itertools.product(blocks, (4, 8), dtypes):
+            for (names, values), warps, dtype in itertools.product(blocks, warps_list, dtypes):
                 flags = extra(dtype, dict(zip(names, values)))
                 if flags is None:
                     continue

@@ -40,27 +40,36 @@ def test_explain_names_the_choice_and_every_refusal():
 
 
 def test_measured_cpu_rule_per_pass(monkeypatch):
-    """Every pass of channels_last and NCHW calls runs on lkconv's cores (the channel cores read 3x3/5x5
-    channels_last sources in place: nowhere measurably slower than oneDNN); an entry of ONEDNN_CHANNELS_LAST sends
-    the forward and backward-input of the calls it covers to oneDNN, and says so."""
+    """Forward and input gradient run on lkconv's cores in both layouts (the channel cores read 3x3/5x5
+    channels_last sources in place: nowhere measurably slower than oneDNN); the 3x3 weight gradient runs on
+    PyTorch's kernel in channels_last and on NCHW maps up to 28 wide, every other weight gradient on lkconv's. An
+    entry of ONEDNN_CHANNELS_LAST sends the forward and input gradient of the calls it covers to oneDNN, and says
+    so."""
     from lkconv.backends import cpu
 
     large = torch.randn(4, 128, 56, 56).contiguous(memory_format=torch.channels_last)
-    for k in (3, 5, 7):
+    text = lkconv.explain(large, torch.randn(128, 1, 3, 3), padding=1)
+    assert "forward -> cpu, backward_input -> cpu, backward_weight -> torch" in text
+    assert "PyTorch's weight gradient is faster" in text
+    for k in (5, 7):
         text = lkconv.explain(large, torch.randn(128, 1, k, k), padding=k // 2)
         assert "forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in text
-    assert "forward -> cpu" in lkconv.explain(large.contiguous(), torch.randn(128, 1, 3, 3), padding=1)  # NCHW
+    nchw = large.contiguous()
+    assert "forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in lkconv.explain(
+        nchw, torch.randn(128, 1, 3, 3), padding=1)  # PyTorch's NCHW weight gradient is 8x slower at 56x56
+    assert "backward_weight -> torch" in lkconv.explain(nchw[:, :, :28, :28], torch.randn(128, 1, 3, 3), padding=1)
     monkeypatch.setattr(cpu, "ONEDNN_CHANNELS_LAST", ((3, 1_000_000),))
     text = lkconv.explain(large, torch.randn(128, 1, 3, 3), padding=1)
-    assert "forward -> torch, backward_input -> torch, backward_weight -> cpu" in text and "oneDNN" in text
+    assert "forward -> torch, backward_input -> torch, backward_weight -> torch" in text and "oneDNN" in text
     assert "forward -> cpu" in lkconv.explain(large, torch.randn(128, 1, 5, 5), padding=2)
     small = torch.randn(1, 128, 56, 56).contiguous(memory_format=torch.channels_last)
     assert "forward -> cpu, backward_input -> cpu" in lkconv.explain(small, torch.randn(128, 1, 3, 3), padding=1)
 
 
 def test_cpu_rule_follows_its_evidence():
-    """Every channels_last row of bench/results/cpu-rules.json where one side is more than 15% faster: the rule
-    sends that call to it (oneDNN = the torch backend, else lkconv's faster core)."""
+    """Every row of bench/results/cpu-rules.json (channels_last forward and input gradient; weight gradient in both
+    layouts) where one side is more than 15% faster: the rule sends that call to it (PyTorch = the torch backend,
+    else lkconv's faster core)."""
     import json
     import os
 
@@ -70,19 +79,20 @@ def test_cpu_rule_follows_its_evidence():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "results",
                         "cpu-rules.json")
     with open(path) as f:
-        rows = [r for r in json.load(f)["rows"] if r["layout"] == "channels_last"]
-    assert {r["k"] for r in rows} >= {3, 5, 7, 9, 13} and {r["pass"] for r in rows} == {"forward", "backward_input"}
+        rows = [r for r in json.load(f)["rows"] if r["layout"] == "channels_last" or r["pass"] == "backward_weight"]
+    assert {r["k"] for r in rows} >= {3, 5, 7, 9, 13}
+    assert {r["pass"] for r in rows} == {"forward", "backward_input", "backward_weight"}
     for r in rows:
         p = r["k"] // 2
         call = ConvCall(r["n"], r["c"], r["size"], r["size"], r["k"], r["k"], (p, p, p, p), (1, 1), (1, 1),
-                        torch.device("cpu"), torch.float32, True, r["pass"])
-        to_onednn = bool(BACKENDS["cpu"].auto_refusals(call))
-        ours = min(r["planes_ms"], r["channels_ms"], r.get("in_place_ms") or float("inf"))
-        where = f"{r['pass']} n={r['n']} c={r['c']} {r['size']}x{r['size']} k={r['k']}"
+                        torch.device("cpu"), torch.float32, r["layout"] == "channels_last", r["pass"])
+        to_torch = bool(BACKENDS["cpu"].auto_refusals(call))
+        ours = min(t for t in (r["planes_ms"], r["channels_ms"], r.get("in_place_ms")) if t is not None)
+        where = f"{r['pass']} n={r['n']} c={r['c']} {r['size']}x{r['size']} k={r['k']} {r['layout']}"
         if r["torch_ms"] * 1.15 < ours:
-            assert to_onednn, f"{where}: oneDNN {r['torch_ms']:.3f} ms vs lkconv {ours:.3f} ms"
+            assert to_torch, f"{where}: PyTorch {r['torch_ms']:.3f} ms vs lkconv {ours:.3f} ms"
         elif ours * 1.15 < r["torch_ms"]:
-            assert not to_onednn, f"{where}: lkconv {ours:.3f} ms vs oneDNN {r['torch_ms']:.3f} ms"
+            assert not to_torch, f"{where}: lkconv {ours:.3f} ms vs PyTorch {r['torch_ms']:.3f} ms"
 
 
 def test_channel_cores_read_in_place_where_their_evidence_says():
@@ -96,7 +106,7 @@ def test_channel_cores_read_in_place_where_their_evidence_says():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "results",
                         "cpu-rules.json")
     with open(path) as f:
-        rows = [r for r in json.load(f)["rows"] if r["layout"] == "channels_last"]
+        rows = [r for r in json.load(f)["rows"] if r["layout"] == "channels_last" and r["pass"] != "backward_weight"]
     assert all(r.get("in_place_ms") for r in rows), "the evidence predates the in-place reading: re-measure"
     for r in rows:
         cropped = min(r["k"], 2 * r["size"] - 1)  # the taps that can touch the map ("same" padding)

@@ -44,6 +44,13 @@ def cpu_algorithm(name: str) -> Iterator[None]:
 #: to its evidence file: every row where oneDNN is more than 15% faster must be routed to it.
 ONEDNN_CHANNELS_LAST: tuple = ()
 
+#: {layout: (largest kernel side, widest map or None)}: float32 weight gradients with kernels up to that side (on
+#: maps up to that width) go to PyTorch's kernel (the torch backend). Measured (bench/results/cpu-rules.json): at
+#: 3x3 oneDNN's weight gradient is 2-5.6x faster than lkconv's plane-core one in channels_last and 1.6-3.7x in
+#: NCHW on maps up to 28 wide, while PyTorch's NCHW weight gradient on 56x56 maps is 8x slower; from 5x5 up lkconv's
+#: is faster everywhere (1.5x to 80x).
+ONEDNN_WEIGHT_GRAD = {"channels_last": (3, None), "nchw": (3, 28)}
+
 
 class CpuBackend(Backend):
     name = "cpu"
@@ -55,13 +62,22 @@ class CpuBackend(Backend):
         return common_refusals(call, ("cpu",), DTYPES)
 
     def auto_refusals(self, call):
-        # Measured rule (bench/results/cpu-rules.json, `python -m bench.cpu_rules`: ConvNeXt-T and RepLKNet-31B
-        # stage shapes, batch 1 and 4, kernels 3-29): see ONEDNN_CHANNELS_LAST (now empty). NCHW calls stay here:
-        # PyTorch's NCHW depthwise kernel is at best ~20% faster on a few small maps and up to 140x slower on
-        # others, by shape and bias. The weight gradient stays here at every size (>= 3x faster).
+        # Measured rules (bench/results/cpu-rules.json, `python -m bench.cpu_rules`: ConvNeXt-T and RepLKNet-31B
+        # stage shapes, batch 1 and 4, kernels 3-29): ONEDNN_CHANNELS_LAST (now empty) and ONEDNN_WEIGHT_GRAD.
+        # NCHW forwards and input gradients stay here: PyTorch's NCHW depthwise kernel is at best ~20% faster on a
+        # few small maps and up to 140x slower on others, by shape and bias.
         k = max(call.kh, call.kw)
-        if not (call.channels_last and call.pass_name in ("forward", "backward_input")
-                and call.dtype == torch.float32 and call.unit_stride_dilation):
+        if not (call.dtype == torch.float32 and call.unit_stride_dilation):
+            return []
+        if call.pass_name == "backward_weight":
+            max_kernel, max_width = ONEDNN_WEIGHT_GRAD["channels_last" if call.channels_last else "nchw"]
+            if k <= max_kernel and (max_width is None or call.w <= max_width):
+                layout = "channels_last" if call.channels_last else "NCHW"
+                return [f"PyTorch's weight gradient is faster for {layout} kernels up to {max_kernel}x{max_kernel}"
+                        + (f" on maps up to {max_width} wide" if max_width else "")
+                        + " (measured, bench/results/cpu-rules.json)"]
+            return []
+        if not call.channels_last:
             return []
         for max_kernel, min_values in ONEDNN_CHANNELS_LAST:
             if k <= max_kernel and call.n * call.c * call.h * call.w >= min_values:
