@@ -42,7 +42,7 @@ def test_explain_names_the_choice_and_every_refusal():
 def test_measured_cpu_rule_per_pass(monkeypatch):
     """Forward and input gradient run on lkconv's cores in both layouts (the channel cores read 3x3/5x5
     channels_last sources in place: nowhere measurably slower than oneDNN); the 3x3 weight gradient runs on
-    PyTorch's kernel in channels_last and on NCHW maps up to 28 wide, every other weight gradient on lkconv's. An
+    PyTorch's kernel in channels_last and on NCHW maps up to 14 wide, every other weight gradient on lkconv's. An
     entry of ONEDNN_CHANNELS_LAST sends the forward and input gradient of the calls it covers to oneDNN, and says
     so."""
     from lkconv.backends import cpu
@@ -57,7 +57,8 @@ def test_measured_cpu_rule_per_pass(monkeypatch):
     nchw = large.contiguous()
     assert "forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in lkconv.explain(
         nchw, torch.randn(128, 1, 3, 3), padding=1)  # PyTorch's NCHW weight gradient is 8x slower at 56x56
-    assert "backward_weight -> torch" in lkconv.explain(nchw[:, :, :28, :28], torch.randn(128, 1, 3, 3), padding=1)
+    assert "backward_weight -> torch" in lkconv.explain(nchw[:, :, :14, :14], torch.randn(128, 1, 3, 3), padding=1)
+    assert "backward_weight -> cpu" in lkconv.explain(nchw[:, :, :28, :28], torch.randn(128, 1, 3, 3), padding=1)
     monkeypatch.setattr(cpu, "ONEDNN_CHANNELS_LAST", ((3, 1_000_000),))
     text = lkconv.explain(large, torch.randn(128, 1, 3, 3), padding=1)
     assert "forward -> torch, backward_input -> torch, backward_weight -> torch" in text and "oneDNN" in text
@@ -68,8 +69,9 @@ def test_measured_cpu_rule_per_pass(monkeypatch):
 
 def test_cpu_rule_follows_its_evidence():
     """Every row of bench/results/cpu-rules.json (channels_last forward and input gradient; weight gradient in both
-    layouts) where one side is more than 15% faster: the rule sends that call to it (PyTorch = the torch backend,
-    else lkconv's faster core)."""
+    layouts, except NCHW 28x28 maps, where PyTorch's 3x3 weight gradient swings ~10x between runs: see
+    ONEDNN_WEIGHT_GRAD) where one side is more than 15% faster: the rule sends that call to it (PyTorch = the
+    torch backend, else lkconv's faster core)."""
     import json
     import os
 
@@ -79,7 +81,8 @@ def test_cpu_rule_follows_its_evidence():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "results",
                         "cpu-rules.json")
     with open(path) as f:
-        rows = [r for r in json.load(f)["rows"] if r["layout"] == "channels_last" or r["pass"] == "backward_weight"]
+        rows = [r for r in json.load(f)["rows"] if r["layout"] == "channels_last"
+                or (r["pass"] == "backward_weight" and r["size"] != 28)]
     assert {r["k"] for r in rows} >= {3, 5, 7, 9, 13}
     assert {r["pass"] for r in rows} == {"forward", "backward_input", "backward_weight"}
     for r in rows:

@@ -46,10 +46,11 @@ ONEDNN_CHANNELS_LAST: tuple = ()
 
 #: {layout: (largest kernel side, widest map or None)}: float32 weight gradients with kernels up to that side (on
 #: maps up to that width) go to PyTorch's kernel (the torch backend). Measured (bench/results/cpu-rules.json): at
-#: 3x3 oneDNN's weight gradient is 2-5.6x faster than lkconv's plane-core one in channels_last and 1.6-3.7x in
-#: NCHW on maps up to 28 wide, while PyTorch's NCHW weight gradient on 56x56 maps is 8x slower; from 5x5 up lkconv's
-#: is faster everywhere (1.5x to 80x).
-ONEDNN_WEIGHT_GRAD = {"channels_last": (3, None), "nchw": (3, 28)}
+#: 3x3 oneDNN's channels_last weight gradient is 1.6-5x faster than lkconv's plane-core one, and PyTorch's NCHW one
+#: up to 3.4x on maps up to 14 wide (within 15% of lkconv's where it is not faster); on 56x56 maps PyTorch's NCHW weight gradient is up to 9x slower, and on 28x28
+#: maps its time swings about 10x between runs of the same shape (0.14-1.3 ms at batch 4, 192 channels), so those
+#: stay here. From 5x5 up lkconv's weight gradient is faster everywhere (1.5x to 85x).
+ONEDNN_WEIGHT_GRAD = {"channels_last": (3, None), "nchw": (3, 14)}
 
 
 class CpuBackend(Backend):
