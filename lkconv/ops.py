@@ -93,6 +93,8 @@ def run_bwd_weight(grad_out: torch.Tensor, input: torch.Tensor, kernel_hw: List[
     call = _call(input.shape, kernel_hw, padding, stride, dilation, input.device, input.dtype,
                  is_channels_last(input), "backward_weight")
     backend = dispatch.select(call)
+    if backend.weight_grad_follows_nonfinite_rule(call):
+        return backend.backward_weight(grad_out, input, call)
     return nonfinite.backward_weight(lambda g, x: backend.backward_weight(g, x, call), grad_out, input, kernel_hw,
                                      padding, stride, dilation)
 

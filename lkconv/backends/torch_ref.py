@@ -71,6 +71,13 @@ class TorchBackend(Backend):
             gi = gi[:, :, t:t + call.h, l:l + call.w]
         return gi.contiguous(memory_format=_format(grad_out))
 
+    def weight_grad_follows_nonfinite_rule(self, call):
+        # aten.convolution_backward on the CPU forms only real products for 3x3 filters in both layouts (its NCHW
+        # weight gradient multiplies padding from 5x5 up); the explicitly padded paths (asymmetric padding, a
+        # filter larger than the map) multiply zeros. Held by tests/test_dropin.py's non-finite rule test.
+        return (call.device.type == "cpu" and call.unit_stride_dilation and _symmetric(call)
+                and max(call.kh, call.kw) <= 3 and not _filter_exceeds_map(call))
+
     def backward_weight(self, grad_out, input, call):
         if _filter_exceeds_map(call):
             xp = _padded(input, call)
