@@ -461,7 +461,8 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
 
 
 # ---- the Triton kernels -------------------------------------------------------------------------------------------
-def _compile_triton(kernels, arch_num: int, dtypes=("fp32", "bf16"), warps_list=(4, 8)) -> List[KernelReport]:
+def _compile_triton(kernels, arch_num: int, dtypes=("fp32", "bf16"),
+                    warps_list=(4, 8)) -> List[KernelReport]:
     """Compile each (name, autotuned kernel, [(names, values)], extra constexprs(dtype), unit-stride params) for
     every config, each warp count of `warps_list` and each dtype, and read its SASS. As Triton's JIT specialises its arguments:
     unit-stride params are compiled as the constant 1 (the innermost stride of a contiguous tensor) and pointers
@@ -601,7 +602,7 @@ def gemm_reports(arch_num: int, cuda_cores: bool) -> List[KernelReport]:
                (prefix + "toeplitz_correlate_transposed", tc._toeplitz_correlate_kernel, transposed, flags,
                 ("s_sh", "o_sh")),
                (prefix + "hankel_wgrad", tc._hankel_wgrad_kernel, wgrad, flags, ("x_sw", "g_sw"))]
-    return _compile_triton(kernels, arch_num)
+    return _compile_triton(kernels, arch_num, warps_list=tc.CUDA_CORE_WARPS if cuda_cores else tc.TENSOR_CORE_WARPS)
 
 
 def gemm_step_work(r: KernelReport, tdt: str, pass_: str, n: int, c: int, size: int, kh: int, kw: int):

@@ -80,10 +80,26 @@ CORRELATE_BLOCKS = [(64, 32), (64, 16), (32, 32), (128, 32), (64, 64), (16, 32),
 WGRAD_BLOCKS = [(32, 32, 16), (32, 32, 32), (16, 32, 32), (64, 64, 16), (64, 16, 32), (64, 16, 64)]
 
 
-def _configs(names, blocks, warps=(4, 8)):
+#: Warps per program: 4 and 8 on the tensor cores (wgmma runs on warpgroups of 4); on the CUDA cores also 2, where
+#: each thread holds twice the outputs of a 4-warp program and reuses every operand it loads from shared memory
+#: across them (a higher FMA share of the hot loop: `python -m bench.sass`).
+TENSOR_CORE_WARPS = (4, 8)
+CUDA_CORE_WARPS = (2, 4, 8)
+
+
+def _configs(names, blocks):
     if _INTERPRET:
         return [triton.Config(dict(zip(names, blocks[0])), num_warps=1)]
+    warps = sorted(set(TENSOR_CORE_WARPS) | set(CUDA_CORE_WARPS))
     return [triton.Config(dict(zip(names, b)), num_warps=w) for b in blocks for w in warps]
+
+
+def _warps_for_precision(configs, named_args, **kwargs):
+    """Autotune pruning: only the warp counts of the kind of core the call runs on (IEEE_FP32: the CUDA cores)."""
+    if _INTERPRET:
+        return configs
+    warps = CUDA_CORE_WARPS if kwargs.get("IEEE_FP32") else TENSOR_CORE_WARPS
+    return [c for c in configs if c.num_warps in warps] or configs
 
 
 @triton.jit
@@ -126,7 +142,8 @@ def _mma(a, b, acc, TF32: tl.constexpr, IEEE_FP32: tl.constexpr):
 
 
 @triton.autotune(configs=_configs(("BLOCK_M", "BLOCK_N"), CORRELATE_BLOCKS),
-                 key=["N", "C", "H", "W", "OH", "OW", "KHC", "KWC", "OFF_T", "OFF_L", "ALIGN", "TF32", "IEEE_FP32"])
+                 key=["N", "C", "H", "W", "OH", "OW", "KHC", "KWC", "OFF_T", "OFF_L", "ALIGN", "TF32", "IEEE_FP32"],
+                 prune_configs_by={"early_config_prune": _warps_for_precision})
 @triton.jit
 def _toeplitz_correlate_kernel(src, w, band, bias, out, N, C, H, W, OH, OW,
                                s_sn, s_sc, s_sh, s_sw, o_sn, o_sc, o_sh, o_sw,
@@ -189,7 +206,8 @@ def _toeplitz_correlate_kernel(src, w, band, bias, out, N, C, H, W, OH, OW,
 
 
 @triton.autotune(configs=_configs(("BLOCK_I", "BLOCK_J", "BLOCK_X"), WGRAD_BLOCKS),
-                 key=["C", "H", "W", "OH", "OW", "KHC", "KWC", "SPLITS", "ALIGN", "TF32", "IEEE_FP32"])
+                 key=["C", "H", "W", "OH", "OW", "KHC", "KWC", "SPLITS", "ALIGN", "TF32", "IEEE_FP32"],
+                 prune_configs_by={"early_config_prune": _warps_for_precision})
 @triton.jit
 def _hankel_wgrad_kernel(x, g, partial, N, C, H, W, OH, OW,
                          x_sn, x_sc, x_sh, x_sw, g_sn, g_sc, g_sh, g_sw,
