@@ -18,6 +18,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("kw"), py::arg("width"), py::arg("images"));
   m.def("cpu_fma_peak_gflops", &lkconv::cpu::fma_peak_gflops, "measured float32 FMA peak over torch's threads",
         py::arg("seconds") = 0.5);
+  m.def("cpu_channel_lanes", [] { return lkconv::cpu::plane_kernels().lanes_f32; },
+        "float32 channels per vector of the channel-vectorised cores (their channels_last weight gradient needs a "
+        "multiple of it)");
   m.def("cpu_isa", [] { return std::string(lkconv::cpu::plane_kernels().isa); },
         "instruction set of the CPU kernels picked for this machine");
 #if defined(__clang__)

@@ -42,16 +42,18 @@ def test_explain_names_the_choice_and_every_refusal():
 def test_measured_cpu_rule_per_pass(monkeypatch):
     """Forward and input gradient run on lkconv's cores in both layouts (the channel cores read 3x3/5x5
     channels_last sources in place: nowhere measurably slower than oneDNN); the 3x3 weight gradient runs on
-    PyTorch's kernel in channels_last and on NCHW maps up to 14 wide, every other weight gradient on lkconv's. An
+    PyTorch's kernel on NCHW maps up to 14 wide and in channels_last where lkconv's channel core does not apply
+    (a channel count that is not a multiple of the vector width), every other weight gradient on lkconv's. An
     entry of ONEDNN_CHANNELS_LAST sends the forward and input gradient of the calls it covers to oneDNN, and says
     so."""
     from lkconv.backends import cpu
 
     large = torch.randn(4, 128, 56, 56).contiguous(memory_format=torch.channels_last)
-    text = lkconv.explain(large, torch.randn(128, 1, 3, 3), padding=1)
-    assert "forward -> cpu, backward_input -> cpu, backward_weight -> torch" in text
-    assert "PyTorch's weight gradient is faster" in text
-    for k in (5, 7):
+    odd = torch.randn(4, 24 if lkconv._ext._C.cpu_channel_lanes() != 24 else 20, 56, 56).contiguous(
+        memory_format=torch.channels_last)
+    text = lkconv.explain(odd, torch.randn(odd.shape[1], 1, 3, 3), padding=1)
+    assert "backward_weight -> torch" in text and "PyTorch's weight gradient is faster" in text
+    for k in (3, 5, 7):
         text = lkconv.explain(large, torch.randn(128, 1, k, k), padding=k // 2)
         assert "forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in text
     nchw = large.contiguous()
@@ -61,7 +63,7 @@ def test_measured_cpu_rule_per_pass(monkeypatch):
     assert "backward_weight -> cpu" in lkconv.explain(nchw[:, :, :28, :28], torch.randn(128, 1, 3, 3), padding=1)
     monkeypatch.setattr(cpu, "ONEDNN_CHANNELS_LAST", ((3, 1_000_000),))
     text = lkconv.explain(large, torch.randn(128, 1, 3, 3), padding=1)
-    assert "forward -> torch, backward_input -> torch, backward_weight -> torch" in text and "oneDNN" in text
+    assert "forward -> torch, backward_input -> torch, backward_weight -> cpu" in text and "oneDNN" in text
     assert "forward -> cpu" in lkconv.explain(large, torch.randn(128, 1, 5, 5), padding=2)
     small = torch.randn(1, 128, 56, 56).contiguous(memory_format=torch.channels_last)
     assert "forward -> cpu, backward_input -> cpu" in lkconv.explain(small, torch.randn(128, 1, 3, 3), padding=1)

@@ -254,6 +254,96 @@ static void correlate_channels(const T* src, int64_t src_row, int64_t src_px, bo
   }
 }
 
+// Weight gradient of L channels at once for a K x K filter (3x3; 5x5 where 32 vector registers hold its 25
+// accumulators), both tensors read in place (channels_last: pixels of L values, px elements apart):
+//   res[i][j][l] += sum over output rows y in [y_lo, y_hi) and columns x < ow of
+//                   g[y][x][l] * img[y + i - top][x + j - left][l]
+// over the taps that read a real pixel of the h x w image. Every tap's accumulator stays in a register for the
+// whole band of rows: per output pixel one load of g and K * K loads of the image feed K * K FMAs, where the
+// plane cores' weight gradient gathers both tensors plane by plane first (for a 3x3 filter the gathering is
+// most of its time).
+template <typename T, int K>
+static void wgrad_channels_k(const T* img, int64_t img_row, int64_t img_px, int h, int w, const T* g, int64_t g_row,
+                             int64_t g_px, int ow, int top, int left, T* res, int y_lo, int y_hi) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  V acc[K][K];
+#pragma GCC unroll 8
+  for (int i = 0; i < K; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < K; ++j) acc[i][j] = V{};
+  // Columns whose K taps all read real pixels; the others are computed tap by tap with their bounds.
+  const int x_a = std::clamp(left, 0, ow), x_b = std::clamp(w + left - K + 1, x_a, ow);
+  for (int y = y_lo; y < y_hi; ++y) {
+    const int i_lo = std::max(0, top - y), i_hi = std::min(K, h + top - y);
+    const T* grow = g + static_cast<int64_t>(y) * g_row;
+    const T* irow = img + static_cast<int64_t>(y - top) * img_row;  // image row of tap row 0 (maybe outside)
+    if (i_lo == 0 && i_hi == K) {
+      for (int x = x_a; x < x_b; ++x) {
+        const V gv = loadu<V>(grow + x * g_px);
+        const T* base = irow + (x - left) * img_px;
+#pragma GCC unroll 8
+        for (int i = 0; i < K; ++i)
+#pragma GCC unroll 8
+          for (int j = 0; j < K; ++j) acc[i][j] += gv * loadu<V>(base + i * img_row + j * img_px);
+      }
+    } else {
+      for (int x = x_a; x < x_b; ++x) {
+        const V gv = loadu<V>(grow + x * g_px);
+        const T* base = irow + (x - left) * img_px;
+#pragma GCC unroll 8
+        for (int i = 0; i < K; ++i) {
+          if (i < i_lo || i >= i_hi) continue;
+#pragma GCC unroll 8
+          for (int j = 0; j < K; ++j) acc[i][j] += gv * loadu<V>(base + i * img_row + j * img_px);
+        }
+      }
+    }
+    // The edge columns, tap by tap (written out, not as a lambda: a reference to acc would keep it in memory).
+    for (int part = 0; part < 2; ++part) {
+      const int x_start = part ? x_b : 0, x_end = part ? ow : x_a;
+      for (int x = x_start; x < x_end; ++x) {
+        const V gv = loadu<V>(grow + x * g_px);
+#pragma GCC unroll 8
+        for (int i = 0; i < K; ++i) {
+          if (i < i_lo || i >= i_hi) continue;
+#pragma GCC unroll 8
+          for (int j = 0; j < K; ++j) {
+            const int col = x + j - left;
+            if (col >= 0 && col < w) acc[i][j] += gv * loadu<V>(irow + i * img_row + col * img_px);
+          }
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < K; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < K; ++j) {
+      T* r = res + (i * K + j) * L;
+      storeu(r, loadu<V>(r) + acc[i][j]);
+    }
+}
+
+// The largest K of wgrad_channels: 5x5 needs 25 accumulators and two more vectors, so 32 vector registers.
+constexpr int kWgradChannelsMaxK = LKCONV_VEC_BYTES >= 64 ? 5 : 3;
+
+template <typename T>
+static bool wgrad_channels(const T* img, int64_t img_row, int64_t img_px, int h, int w, const T* g, int64_t g_row,
+                           int64_t g_px, int ow, int top, int left, int k, T* res, int y_lo, int y_hi) {
+  switch (k) {
+    case 3: wgrad_channels_k<T, 3>(img, img_row, img_px, h, w, g, g_row, g_px, ow, top, left, res, y_lo, y_hi);
+      return true;
+    case 5:
+      if constexpr (kWgradChannelsMaxK >= 5) {
+        wgrad_channels_k<T, 5>(img, img_row, img_px, h, w, g, g_row, g_px, ow, top, left, res, y_lo, y_hi);
+        return true;
+      }
+      return false;
+    default: return false;
+  }
+}
+
 // The machine's FMA peak, for the benchmark's "fraction of peak" column: `iters` rounds of 12 independent
 // vector FMA chains (more than latency x throughput on current cores). Returns a checksum so the loop stays.
 template <typename T>

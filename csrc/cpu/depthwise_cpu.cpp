@@ -189,6 +189,12 @@ ChannelsFn<float> channels_fn<float>() { return plane_kernels().channels_f32; }
 template <>
 ChannelsFn<double> channels_fn<double>() { return plane_kernels().channels_f64; }
 template <typename T>
+ChannelsWgradFn<T> channels_wgrad_fn();
+template <>
+ChannelsWgradFn<float> channels_wgrad_fn<float>() { return plane_kernels().channels_wgrad_f32; }
+template <>
+ChannelsWgradFn<double> channels_wgrad_fn<double>() { return plane_kernels().channels_wgrad_f64; }
+template <typename T>
 int64_t lanes() { return std::is_same<T, double>::value ? plane_kernels().lanes_f64 : plane_kernels().lanes_f32; }
 
 // dst pixel p = src pixel p (L values each), pixels dst_px / src_px elements apart, for p < count. The copy
@@ -388,6 +394,55 @@ void correlate(const at::Tensor& src, const at::Tensor& filter, const S* bias, a
     correlate_all<S>(src, filter, bias, out, top, left, flip);
 }
 
+// The weight gradient by the channel-vectorised core (wgrad_channels in channel_kernels.h): both tensors
+// channels_last in the compute type, whole vectors of channels, a square filter of a size it covers, every tap
+// touching the map. Tasks are (image, band of output rows, channel group), neighbouring groups next to each other
+// (neighbouring cache lines); each sums its band into its own slot and the slots are added in task order, in
+// double, so the result does not depend on the threads. Returns false where it does not apply.
+template <typename S>
+bool weight_grad_channels(const at::Tensor& grad_out, const at::Tensor& input, at::Tensor& grad_w, int64_t top,
+                          int64_t left) {
+  using T = acc_t<S>;
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t OH = grad_out.size(2), OW = grad_out.size(3), k = grad_w.size(2);
+  const int64_t L = lanes<T>();
+  const auto xs = input.strides(), gs = grad_out.strides();
+  if (!std::is_same<S, T>::value || xs[1] != 1 || gs[1] != 1 || C % L != 0 || grad_w.size(3) != k ||
+      (k != 3 && k != 5) || k > plane_kernels().channels_wgrad_max_k)
+    return false;
+  const TapRange ti = useful_taps(k, H, OH, top), tj = useful_taps(k, W, OW, left);
+  if (ti.empty() || tj.empty() || ti.lo != 0 || tj.lo != 0 || ti.size() != k || tj.size() != k) return false;
+  const ChannelsWgradFn<T> wgrad = channels_wgrad_fn<T>();
+  const int64_t groups = C / L, band = 8, bands = (OH + band - 1) / band, tasks = N * bands * groups;
+  const int64_t slot = k * k * L;
+  std::vector<T> partial(tasks * slot, T(0));
+  const T* xp = reinterpret_cast<const T*>(input.data_ptr<S>());
+  const T* gp = reinterpret_cast<const T*>(grad_out.data_ptr<S>());
+  bool done = true;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t group = task % groups, nb = task / groups, n = nb / bands, y0 = nb % bands * band;
+      if (!wgrad(xp + n * xs[0] + group * L, xs[2], xs[3], static_cast<int>(H), static_cast<int>(W),
+                 gp + n * gs[0] + group * L, gs[2], gs[3], static_cast<int>(OW), static_cast<int>(top),
+                 static_cast<int>(left), static_cast<int>(k), partial.data() + task * slot, static_cast<int>(y0),
+                 static_cast<int>(std::min(OH, y0 + band))))
+        done = false;  // k past the core's reach: cannot happen after the check above
+    }
+  });
+  TORCH_CHECK(done, "lkconv cpu: channel weight-gradient core refused a ", k, "x", k, " filter");
+  S* wp = grad_w.data_ptr<S>();
+  const auto ws = grad_w.strides();
+  for (int64_t group = 0; group < groups; ++group)
+    for (int64_t t = 0; t < k * k; ++t)
+      for (int64_t l = 0; l < L; ++l) {
+        double sum = 0.0;
+        for (int64_t nb = 0; nb < N * bands; ++nb)
+          sum += static_cast<double>(partial[(nb * groups + group) * slot + t * L + l]);
+        wp[(group * L + l) * ws[0] + (t / k) * ws[2] + (t % k) * ws[3]] = static_cast<S>(sum);
+      }
+  return true;
+}
+
 // grad_w[c] = sum_n corr(x[n, c] shifted by (top, left), grad_out[n, c]); only taps that touch real pixels.
 template <typename S>
 void weight_grad(const at::Tensor& grad_out, const at::Tensor& input, at::Tensor& grad_w, int64_t top, int64_t left) {
@@ -397,6 +452,7 @@ void weight_grad(const at::Tensor& grad_out, const at::Tensor& input, at::Tensor
   const TapRange ti = useful_taps(kh, H, OH, top), tj = useful_taps(kw, W, OW, left);
   grad_w.zero_();
   if (ti.empty() || tj.empty() || N == 0) return;
+  if (weight_grad_channels<S>(grad_out, input, grad_w, top, left)) return;
   const int64_t khc = ti.size(), kwc = tj.size();
   const S* xp = input.data_ptr<S>();
   const S* gp = grad_out.data_ptr<S>();

@@ -20,6 +20,13 @@ using ChannelsFn = void (*)(const T* src, int64_t src_row, int64_t src_px, bool 
                             int bt, const T* w, int kh, int kw, const T* bias, T* out, int64_t out_row,
                             int64_t out_px, int oh, int ow);
 
+// Channel-vectorised weight gradient of a K x K filter (channel_kernels.h), both tensors read in place; returns
+// false (and does nothing) for a K it has no core for (K other than 3 and 5, or K > channels_wgrad_max_k).
+template <typename T>
+using ChannelsWgradFn = bool (*)(const T* img, int64_t img_row, int64_t img_px, int h, int w, const T* g,
+                                 int64_t g_row, int64_t g_px, int ow, int top, int left, int k, T* res, int y_lo,
+                                 int y_hi);
+
 struct PlaneKernels {
   const char* isa;
   CorrelateFn<float> correlate_f32;
@@ -29,6 +36,9 @@ struct PlaneKernels {
   ChannelsFn<float> channels_f32;
   ChannelsFn<double> channels_f64;
   int lanes_f32, lanes_f64;  // channels per vector of the channel-vectorised cores
+  ChannelsWgradFn<float> channels_wgrad_f32;
+  ChannelsWgradFn<double> channels_wgrad_f64;
+  int channels_wgrad_max_k;
   double (*fma_loop_f32)(int64_t iters);  // 12 chains x lanes_f32 x 2 FLOP per iteration
 };
 

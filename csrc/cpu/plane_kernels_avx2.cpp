@@ -20,6 +20,7 @@ PlaneKernels plane_kernels_avx2() {
   return {"avx2", &avx2::correlate_plane<float>, &avx2::correlate_plane<double>, &avx2::wgrad_plane<float>,
           &avx2::wgrad_plane<double>, &avx2::correlate_channels<float>,
           &avx2::correlate_channels<double>, avx2::Vec<float>::kLanes, avx2::Vec<double>::kLanes,
+          &avx2::wgrad_channels<float>, &avx2::wgrad_channels<double>, avx2::kWgradChannelsMaxK,
           &avx2::fma_loop<float>};
 }
 }  // namespace cpu

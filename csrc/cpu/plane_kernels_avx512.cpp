@@ -20,6 +20,7 @@ PlaneKernels plane_kernels_avx512() {
   return {"avx512", &avx512::correlate_plane<float>, &avx512::correlate_plane<double>, &avx512::wgrad_plane<float>,
           &avx512::wgrad_plane<double>, &avx512::correlate_channels<float>,
           &avx512::correlate_channels<double>, avx512::Vec<float>::kLanes, avx512::Vec<double>::kLanes,
+          &avx512::wgrad_channels<float>, &avx512::wgrad_channels<double>, avx512::kWgradChannelsMaxK,
           &avx512::fma_loop<float>};
 }
 }  // namespace cpu

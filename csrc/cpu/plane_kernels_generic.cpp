@@ -18,6 +18,7 @@ PlaneKernels plane_kernels_generic() {
   return {"generic", &generic::correlate_plane<float>, &generic::correlate_plane<double>, &generic::wgrad_plane<float>,
           &generic::wgrad_plane<double>, &generic::correlate_channels<float>,
           &generic::correlate_channels<double>, generic::Vec<float>::kLanes, generic::Vec<double>::kLanes,
+          &generic::wgrad_channels<float>, &generic::wgrad_channels<double>, generic::kWgradChannelsMaxK,
           &generic::fma_loop<float>};
 }
 }  // namespace cpu

@@ -46,11 +46,20 @@ ONEDNN_CHANNELS_LAST: tuple = ()
 
 #: {layout: (largest kernel side, widest map or None)}: float32 weight gradients with kernels up to that side (on
 #: maps up to that width) go to PyTorch's kernel (the torch backend). Measured (bench/results/cpu-rules.json): at
-#: 3x3 oneDNN's channels_last weight gradient is 1.6-5x faster than lkconv's plane-core one, and PyTorch's NCHW one
-#: up to 3.4x on maps up to 14 wide (within 15% of lkconv's where it is not faster); on 56x56 maps PyTorch's NCHW weight gradient is up to 9x slower, and on 28x28
-#: maps its time swings about 10x between runs of the same shape (0.14-1.3 ms at batch 4, 192 channels), so those
-#: stay here. From 5x5 up lkconv's weight gradient is faster everywhere (1.5x to 85x).
+#: 3x3 PyTorch's NCHW weight gradient is up to 3.4x faster than lkconv's plane-core one on maps up to 14 wide
+#: (within 15% of it where it is not faster); on 56x56 maps it is up to 9x slower, and on 28x28 maps its time
+#: swings about 10x between runs of the same shape (0.14-1.3 ms at batch 4, 192 channels), so those stay here.
+#: channels_last weight gradients run on lkconv's channel-vectorised core (3x3 and 5x5, whole vectors of channels:
+#: on par with oneDNN or up to 2.8x faster at 3x3); only where it does not apply (a channel count that is not a
+#: multiple of the vector width) does a 3x3 one go to oneDNN, which is 1.6-5x faster than the plane cores there.
+#: From 5x5 up lkconv's weight gradient is faster everywhere (1.5x to 85x).
 ONEDNN_WEIGHT_GRAD = {"channels_last": (3, None), "nchw": (3, 14)}
+
+
+def _channel_weight_grad_applies(call) -> bool:
+    """Whether lkconv's channel-vectorised weight gradient takes this channels_last float32 call."""
+    return (call.c % _ext._C.cpu_channel_lanes() == 0 and call.kh == call.kw and call.kh in (3, 5)
+            and call.kh <= min(call.h, call.w))
 
 
 class CpuBackend(Backend):
@@ -72,6 +81,8 @@ class CpuBackend(Backend):
             return []
         if call.pass_name == "backward_weight":
             max_kernel, max_width = ONEDNN_WEIGHT_GRAD["channels_last" if call.channels_last else "nchw"]
+            if call.channels_last and _channel_weight_grad_applies(call):
+                return []
             if k <= max_kernel and (max_width is None or call.w <= max_width):
                 layout = "channels_last" if call.channels_last else "NCHW"
                 return [f"PyTorch's weight gradient is faster for {layout} kernels up to {max_kernel}x{max_kernel}"
