@@ -227,13 +227,16 @@ enum Algorithm : int64_t { kAuto = 0, kPlanes = 1, kChannels = 2, kChannelsInPla
 // memory nearly in order, every channel group per band of rows) but computes the columns within kw - 1 of the
 // image's edges apart, as straight-line blocks for 3x3 and 5x5 "same" filters and one column at a time otherwise.
 // Measured (float32, 2 threads, `python -m bench.cpu_rules`, bench/results/cpu-rules.json): in place is faster
-// for 3-wide filters on maps of 14 and more or batches of 4 (1.15-1.75x at 56x56), for 5-wide filters on maps of
-// 56 or of 28 with batches of 4; gathering stays ahead for small maps of one image and for 7-wide and wider
-// filters (in place: 0.9-1.15x at 56x56, down to 0.4x at 7x7, where most columns are edge columns).
+// for 3-wide filters on maps of 28 and more or batches of 4 (1.3-1.8x at 56x56), for 5-wide filters on maps of
+// 56 or of 14 and more with batches of 4, for 7-wide filters on maps of 56; gathering stays ahead for small maps
+// of one image (0.6-0.8x in place at 7x7 and 14x14) and for wider filters and smaller maps (in place: down to
+// 0.4x at 7x7, where most columns are edge columns). Calls of 0.01-0.03 ms, where the two are within noise of each other, decide the
+// borders.
 bool read_in_place(int64_t algorithm, int64_t kw, int64_t wimg, int64_t images) {
   if (algorithm != kAuto) return algorithm == kChannelsInPlace;
-  if (kw <= 3) return wimg >= 14 || images >= 4;
-  if (kw <= 5) return wimg >= 56 || (wimg >= 28 && images >= 4);
+  if (kw <= 3) return wimg >= 28 || images >= 4;
+  if (kw <= 5) return wimg >= 56 || (wimg >= 14 && images >= 4);
+  if (kw <= 7) return wimg >= 56;  // 0.96-1.18x
   return false;
 }
 

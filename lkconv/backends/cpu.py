@@ -46,20 +46,25 @@ ONEDNN_CHANNELS_LAST: tuple = ()
 
 #: {layout: (largest kernel side, widest map or None)}: float32 weight gradients with kernels up to that side (on
 #: maps up to that width) go to PyTorch's kernel (the torch backend). Measured (bench/results/cpu-rules.json): at
-#: 3x3 PyTorch's NCHW weight gradient is up to 3.4x faster than lkconv's plane-core one on maps up to 14 wide
-#: (within 15% of it where it is not faster); on 56x56 maps it is up to 9x slower, and on 28x28 maps its time
-#: swings about 10x between runs of the same shape (0.14-1.3 ms at batch 4, 192 channels), so those stay here.
+#: 3x3 PyTorch's NCHW weight gradient is up to 3.4x faster than lkconv's plane-core one on maps up to 14 wide at
+#: batch 4 (0.7-1.2x at batch 1); on 56x56 maps it is 0.8-1.1x at some channel counts and 9x slower at others, and
+#: on 28x28 maps its time swings about 10x between runs of the same shape (0.14-1.3 ms at batch 4, 192 channels),
+#: so those stay here.
 #: channels_last weight gradients run on lkconv's channel-vectorised core (3x3 and 5x5, whole vectors of channels:
-#: on par with oneDNN or up to 2.8x faster at 3x3); only where it does not apply (a channel count that is not a
-#: multiple of the vector width) does a 3x3 one go to oneDNN, which is 1.6-5x faster than the plane cores there.
+#: 0.87-3.4x oneDNN's speed at 3x3, on par from 256 channels at batch 4 and 1.15-3.4x below that); a 3x3 one goes
+#: to oneDNN where it does not apply (a channel count that is not a multiple of the vector width: oneDNN is 1.6-5x
+#: faster than the plane cores there) and where it measured slower (256 channels or more on maps of 28 and more at
+#: batch 4, where a pixel's channels are 1 KiB apart and the image rows thrash the L1 sets: 0.87x).
 #: From 5x5 up lkconv's weight gradient is faster everywhere (1.5x to 85x).
 ONEDNN_WEIGHT_GRAD = {"channels_last": (3, None), "nchw": (3, 14)}
 
 
 def _channel_weight_grad_applies(call) -> bool:
-    """Whether lkconv's channel-vectorised weight gradient takes this channels_last float32 call."""
+    """Whether lkconv's channel-vectorised weight gradient takes this channels_last float32 call and is not
+    measured slower than oneDNN's for it."""
+    slower = call.kh <= 3 and call.c >= 256 and call.w >= 28 and call.n >= 4
     return (call.c % _ext._C.cpu_channel_lanes() == 0 and call.kh == call.kw and call.kh in (3, 5)
-            and call.kh <= min(call.h, call.w))
+            and call.kh <= min(call.h, call.w) and not slower)
 
 
 class CpuBackend(Backend):
