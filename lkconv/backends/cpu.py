@@ -38,8 +38,8 @@ def cpu_algorithm(name: str) -> Iterator[None]:
 #: (largest kernel side, smallest N*C*H*W): channels_last float32 forward and backward-input calls with kernels
 #: up to that side over activations at least that large go to oneDNN (the torch backend). Empty since the channel
 #: cores read channels_last sources in place (csrc/cpu/depthwise_cpu.cpp, `read_in_place`): measured
-#: (bench/results/cpu-rules.json), oneDNN is nowhere more than a few percent faster, and lkconv is up to 1.7x faster
-#: at 3x3 and 5x5 (before, oneDNN's sweep over all channels of a pixel row beat the cores' gathered copies of 16
+#: (bench/results/cpu-rules.json), lkconv's best core is faster at every shape (1.03-2.7x at 3x3 and 5x5, forward
+#: and input gradient; before, oneDNN's sweep over all channels of a pixel row beat the cores' gathered copies of 16
 #: channels at a time for 3x3/5x5 kernels over activations of 0.7M/1.0M values and more). A test holds this table
 #: to its evidence file: every row where oneDNN is more than 15% faster must be routed to it.
 ONEDNN_CHANNELS_LAST: tuple = ()
@@ -55,7 +55,7 @@ ONEDNN_CHANNELS_LAST: tuple = ()
 #: to oneDNN where it does not apply (a channel count that is not a multiple of the vector width: oneDNN is 1.6-5x
 #: faster than the plane cores there) and where it measured slower (256 channels or more on maps of 28 and more at
 #: batch 4, where a pixel's channels are 1 KiB apart and the image rows thrash the L1 sets: 0.87x).
-#: From 5x5 up lkconv's weight gradient is faster everywhere (1.5x to 85x).
+#: From 5x5 up lkconv's weight gradient is faster everywhere (2.7x to 86x).
 ONEDNN_WEIGHT_GRAD = {"channels_last": (3, None), "nchw": (3, 14)}
 
 
