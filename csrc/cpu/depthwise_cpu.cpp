@@ -16,6 +16,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <vector>
@@ -421,7 +422,7 @@ bool weight_grad_channels(const at::Tensor& grad_out, const at::Tensor& input, a
   std::vector<T> partial(tasks * slot, T(0));
   const T* xp = reinterpret_cast<const T*>(input.data_ptr<S>());
   const T* gp = reinterpret_cast<const T*>(grad_out.data_ptr<S>());
-  bool done = true;
+  std::atomic<bool> done{true};  // written by the worker threads
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t group = task % groups, nb = task / groups, n = nb / bands, y0 = nb % bands * band;
@@ -432,7 +433,7 @@ bool weight_grad_channels(const at::Tensor& grad_out, const at::Tensor& input, a
         done = false;  // k past the core's reach: cannot happen after the check above
     }
   });
-  TORCH_CHECK(done, "lkconv cpu: channel weight-gradient core refused a ", k, "x", k, " filter");
+  TORCH_CHECK(done.load(), "lkconv cpu: channel weight-gradient core refused a ", k, "x", k, " filter");
   S* wp = grad_w.data_ptr<S>();
   const auto ws = grad_w.strides();
   for (int64_t group = 0; group < groups; ++group)
