@@ -210,7 +210,7 @@ def demangle(names: Sequence[str]) -> Dict[str, str]:
 
 
 # ---- the CUDA kernels ----------------------------------------------------------------------------------------------
-CUDA_FILES = ("correlate_kernel.cu", "wgrad_kernel.cu")
+CUDA_FILES = ("correlate_kernel.cu", "wgrad_kernel.cu", "wgrad_dense_kernel.cu")
 
 
 def compile_cuda(arch: str, cache: str) -> List[str]:
@@ -254,6 +254,12 @@ class KernelReport:
     ffma_share: float = 0.0  # FFMA share of the hot loop's issued instructions
     # FFMA share of the innermost loop with the fewest FFMAs (the correlation's one-row strip-edge loop)
     edge_ffma_share: float = 0.0
+    # Instructions from the first shuffle of the kernel to the shared-memory stores that follow it (the dense
+    # weight gradient's per-offset reduce-scatter and stores); 0 where there is no shuffle.
+    shuffle_to_store: int = 0
+    # Instructions per loaded element of the innermost loop that loads from global and stores to shared memory
+    # without multiply-adds (a kernel's loader), per element of each tensor it loads; 0 where there is none.
+    loader_per_element: float = 0.0
     note: str = ""
     config: Dict[str, int] = field(default_factory=dict)  # Triton: block sizes and num_warps
 
@@ -277,8 +283,38 @@ def kernel_reports(arch: str, cubins: Sequence[str]) -> List[KernelReport]:
                     rep.edge_ffma_share = edge.mix["FFMA"] / edge.size
             else:
                 rep.note = "no loop with math instructions"
+            rep.shuffle_to_store = shuffle_to_store(instrs)
+            rep.loader_per_element = loader_per_element(instrs)
             reports.append(rep)
     return reports
+
+
+def shuffle_to_store(instrs: Sequence[Instr]) -> int:
+    """Instructions from the first warp shuffle to the last of the shared-memory stores right after it (within
+    4 instructions of each other); 0 without a shuffle."""
+    first = next((k for k, i in enumerate(instrs) if i.opcode.startswith("SHFL")), None)
+    if first is None:
+        return 0
+    end = next((k for k in range(first, len(instrs)) if instrs[k].opcode.startswith("STS")), None)
+    if end is None:
+        return 0
+    k = end
+    while k < min(len(instrs), end + 5):
+        if instrs[k].opcode.startswith("STS"):
+            end = k
+        k += 1
+    return end - first + 1
+
+
+def loader_per_element(instrs: Sequence[Instr]) -> float:
+    """Instructions per element the loader (the innermost loop with global loads and shared stores but no
+    multiply-add) moves: its size over its shared stores; 0 without one."""
+    loader = [lp for lp in loops(instrs)
+              if lp.mix.get("LDG", 0) and lp.mix.get("STS", 0) and not lp.mix.get("FFMA", 0)]
+    if not loader:
+        return 0.0
+    lp = max(loader, key=lambda lp: lp.size)
+    return lp.size / lp.mix["STS"]
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -348,12 +384,35 @@ def wgrad_work(cfg: Dict, n: int, h: int, w: int, out_h: int, out_w: int, khc: i
     return slots
 
 
+def dense_wgrad_work(cfg: Dict, n: int, h: int, w: int) -> Tuple[int, int, int]:
+    """(multiply-add slots, lane flushes, loaded elements) of one channel of the dense weight gradient, following
+    its walk (csrc/cuda/wgrad_dense_kernel.cu): per group of `images` images, each warp's units d = warp, warp +
+    warps, ... take H row pairs per image; a lane sums its slice's images (its warp as long as the busiest
+    slice), and flushes its R x R block once per row offset (twice per unit, once for d = 0). The loader stores
+    every padded row position of both tensors (one lane-iteration per position)."""
+    r, nb, images, warps = cfg["block_cols"], cfg["blocks_per_row"], cfg["images"], cfg["warps"]
+    slices = 32 // (nb * nb)
+    row_stride = nb * _ceil_div(r, 4) * 4
+    slots = flushes = loaded = 0
+    for n0 in range(0, n, images):
+        count = min(images, n - n0)
+        per_slice = _ceil_div(count, slices)
+        loaded += 2 * count * h * row_stride
+        for warp in range(warps):
+            for d in range(warp, h, warps):
+                slots += 32 * r * r * per_slice * h
+                flushes += 32 * (2 if d else 1)
+    return slots, flushes, loaded
+
+
 def _instantiation(name: str) -> Optional[Tuple[str, str, Tuple[int, ...]]]:
-    """('correlate'|'wgrad'|'finalize', dtype, template ints) of a demangled kernel name."""
-    m = re.search(r"(correlate_kernel|wgrad_kernel|wgrad_finalize_kernel)<([^,>]+)((?:, \d+)*)>", name)
+    """('correlate'|'wgrad'|'wgrad_dense'|'finalize', dtype, template ints) of a demangled kernel name."""
+    m = re.search(r"(correlate_kernel|wgrad_kernel|wgrad_dense_kernel|wgrad_finalize_kernel)<([^,>]+)((?:, \d+)*)>",
+                  name)
     if not m:
         return None
-    kind = {"correlate_kernel": "correlate", "wgrad_kernel": "wgrad", "wgrad_finalize_kernel": "finalize"}[m.group(1)]
+    kind = {"correlate_kernel": "correlate", "wgrad_kernel": "wgrad", "wgrad_dense_kernel": "wgrad_dense",
+            "wgrad_finalize_kernel": "finalize"}[m.group(1)]
     dtype = {"float": "float32", "c10::Half": "float16", "c10::BFloat16": "bfloat16"}.get(m.group(2).strip(),
                                                                                           m.group(2).strip())
     ints = tuple(int(v) for v in re.findall(r"\d+", m.group(3)))
@@ -417,7 +476,7 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
         for pass_, (dtype, element_size) in itertools.product(("forward", "backward_input", "backward_weight"),
                                                               (("float32", 4), ("bfloat16", 2))):
             cfg = emu.cuda_tile_config(pass_, size, size, kh, kw, [pad[0], pad[0], pad[1], pad[1]], False,
-                                       element_size)
+                                       element_size, n)
             if cfg["refusal"] or not cfg["kernel"]:
                 continue
             khc, kwc = cfg["useful_taps"]
@@ -434,6 +493,16 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
                 kind = "correlate"
                 ignores = ("the tile loader (global -> shared), the bias/store, memory stalls; strip-edge steps at "
                            "their own loop's FFMA share")
+            elif cfg["kernel"] == "wgrad_dense_kernel":
+                r, nb = cfg["block_cols"], cfg["blocks_per_row"]
+                slots, flushes, loaded = dense_wgrad_work(cfg, n, size, size)
+                performed = c * slots
+                config = f"dense, {r}x{r} blocks x {nb * nb}, {cfg['images']} images/block"
+                key_ints = (r, nb)
+                kind = "wgrad_dense"
+                ignores = ("the final tap sums, the finalize kernel, memory stalls; counted besides the hot loop: "
+                           "the loader (its loop's instructions per element) and the per-offset fold and "
+                           "reduce-scatter (R*R adds + the SASS's shuffles to stores)")
             else:
                 th, img, tw = cfg["tile_h"], cfg["images"], cfg["tile_w"]
                 khp, kwp = cfg["taps_padded"]
@@ -451,6 +520,10 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
             util = useful / performed
             if kind == "correlate":  # issue time: steady slots at the hot loop's share, edges at theirs
                 issue = steady / rep.ffma_share + edge / rep.edge_ffma_share
+                predicted = PEAK_FP32_TFLOPS[arch] * useful / issue
+            elif kind == "wgrad_dense":  # hot loop at its FFMA share plus every lane's flushes and loads
+                issue = (performed / rep.ffma_share + c * flushes * (r * r + rep.shuffle_to_store)
+                         + c * loaded * rep.loader_per_element)
                 predicted = PEAK_FP32_TFLOPS[arch] * useful / issue
             else:
                 predicted = PEAK_FP32_TFLOPS[arch] * rep.ffma_share * util

@@ -130,7 +130,7 @@ def test_global_memory_under_address_sanitizer(tmp_path):
 def test_launch_bounds_hold_for_every_launch(cuda_emu):
     """Every launch's block size is within its kernel's __launch_bounds__ (read from the sources)."""
     bounds = {}
-    for name in ("correlate_kernel.cu", "wgrad_kernel.cu"):
+    for name in ("correlate_kernel.cu", "wgrad_kernel.cu", "wgrad_dense_kernel.cu"):
         text = _source(name)
         consts = {m.group(1): int(m.group(2)) for m in re.finditer(r"constexpr int (\w+) = (\d+);", text)}
         for m in re.finditer(r"__launch_bounds__\(([^)]*)\)\s+(\w+)", text):
@@ -138,8 +138,8 @@ def test_launch_bounds_hold_for_every_launch(cuda_emu):
             for const, value in consts.items():
                 expr = expr.replace(const, str(value))
             bounds[m.group(2)] = eval(expr, {})  # noqa: S307  (an arithmetic expression of the source)
-    assert set(bounds) == {"correlate_kernel", "wgrad_kernel"}
-    for size, k in ((5, 3), (9, 13), (30, 31), (7, 51)):
+    assert set(bounds) == {"correlate_kernel", "wgrad_kernel", "wgrad_dense_kernel"}
+    for size, k in ((5, 3), (9, 13), (30, 31), (7, 51), (14, 27)):
         _check_call(torch.randn(2, 3, size, size + 1), torch.randn(3, 1, k, k), k // 2)
     launches = cuda_emu.take_launches()
     assert launches
@@ -181,18 +181,89 @@ def test_16bit_sources_stay_16bit_in_shared_memory(cuda_emu):
 
 
 @pytest.mark.parametrize("schedule", ["reverse", "shuffled"])
-def test_results_do_not_depend_on_the_thread_schedule(schedule, cuda_emu):
-    x, w, g = torch.randn(2, 3, 14, 15), torch.randn(3, 1, 9, 9), torch.randn(2, 3, 14, 15)
+@pytest.mark.parametrize("size,k", [((14, 15), 9), ((7, 7), 13)], ids=["tile", "dense"])
+def test_results_do_not_depend_on_the_thread_schedule(schedule, size, k, cuda_emu):
+    x, w, g = torch.randn(2, 3, *size), torch.randn(3, 1, k, k), torch.randn(2, 3, *size)
 
     def run():
         with lkconv.use_backend("cuda_emu"):
-            return conv_with_grads(x, w, None, g, padding=4, fn=lambda *a: lkconv.depthwise_conv2d(*a))
+            return conv_with_grads(x, w, None, g, padding=k // 2, fn=lambda *a: lkconv.depthwise_conv2d(*a))
 
     first = run()
     cuda_emu.set_schedule(schedule, 7)
     for a, b in zip(first, run()):
         if a is not None:
             assert torch.equal(a, b)
+
+
+# ---- the dense weight gradient (maps the filter spans) ---------------------------------------------------------
+DENSE_MAPS = [(1, 1), (2, 3), (3, 4), (5, 9), (7, 7), (8, 8), (6, 12), (12, 10), (14, 14), (13, 15), (16, 16),
+              (9, 17), (21, 20), (3, 28), (30, 5)]
+
+
+def _weight_grad_check(x, g, kh, kw, pad, module):
+    pads = [pad[0], pad[0], pad[1], pad[1]]
+    ref = conv_with_grads(x.double(), torch.randn(x.shape[1], 1, kh, kw, dtype=torch.float64), None, g.double(),
+                          padding=pad, fn=unfold_conv)[2]
+    theirs = conv_with_grads(x.contiguous(), torch.randn(x.shape[1], 1, kh, kw).to(x.dtype), None, g.contiguous(),
+                             padding=pad)[2]
+    ours = module.cuda_backward_weight(g, x, kh, kw, pads, False)
+    assert_within_torch_error(ours, theirs, ref, f"dense weight gradient {tuple(x.shape)} k{kh}x{kw}")
+
+
+@pytest.mark.parametrize("h,w", DENSE_MAPS, ids=lambda v: str(v))
+def test_dense_weight_grad_every_map(h, w, cuda_emu):
+    """Every map whose "same" filter spans it (2H - 1 x 2W - 1 taps or more) takes the dense weight-gradient
+    kernel: every block width (4 and 7 columns), one, two and four blocks per row, full and partial last blocks,
+    square and oblong maps; checked against float64, with a larger filter (its outer taps get zeros) and with
+    channels_last and channel-slice inputs."""
+    kh, kw = 2 * h - 1, 2 * w - 1
+    config = cuda_emu.cuda_tile_config("backward_weight", h, w, kh, kw, [h - 1, h - 1, w - 1, w - 1], False, 4, 3)
+    assert config["kernel"] == "wgrad_dense_kernel", config
+    x, g = torch.randn(3, 2, h, w), torch.randn(3, 2, h, w)
+    _weight_grad_check(x, g, kh, kw, (h - 1, w - 1), cuda_emu)
+    _weight_grad_check(x, g, kh + 2, kw + 4, (h, w + 1), cuda_emu)
+    _weight_grad_check(x.contiguous(memory_format=torch.channels_last), g, kh, kw, (h - 1, w - 1), cuda_emu)
+    _weight_grad_check(torch.randn(3, 5, h, w)[:, 1:3], torch.randn(3, 4, h, w)[:, 2:], kh, kw, (h - 1, w - 1),
+                       cuda_emu)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_dense_weight_grad_16bit(dtype, cuda_emu):
+    for h, w in ((7, 7), (14, 14), (5, 9)):
+        x, g = torch.randn(4, 2, h, w).to(dtype), torch.randn(4, 2, h, w).to(dtype)
+        _weight_grad_check(x, g, 2 * h - 1, 2 * w - 1, (h - 1, w - 1), cuda_emu)
+
+
+@pytest.mark.parametrize("h,w", [(7, 7), (14, 14), (12, 10)])
+def test_dense_weight_grad_image_groups(h, w, cuda_emu):
+    """A batch of several image groups with a partial last one (slices without images in it), and one smaller
+    than a group; the group size follows the batch."""
+    k = (2 * h - 1, 2 * w - 1)
+    pads = [h - 1, h - 1, w - 1, w - 1]
+    full = cuda_emu.cuda_tile_config("backward_weight", h, w, *k, pads, False, 4, 1 << 20)["images"]
+    n = full + 3
+    assert cuda_emu.cuda_tile_config("backward_weight", h, w, *k, pads, False, 4, n)["images"] == full
+    assert cuda_emu.cuda_tile_config("backward_weight", h, w, *k, pads, False, 4, 2)["images"] == 2
+    x, g = torch.randn(n, 1, h, w), torch.randn(n, 1, h, w)
+    _weight_grad_check(x, g, *k, (h - 1, w - 1), cuda_emu)
+
+
+def test_dense_weight_grad_applies_only_where_every_pair_meets_a_tap(cuda_emu):
+    """The dense kernel multiplies every (gradient pixel, input pixel) pair, so it runs only where each pair meets
+    a tap; a filter one tap short, a map taller than its limit, or a strided-output ("valid") call keep the tile
+    kernel, which is checked to run too."""
+    def kernel(h, w, kh, kw, pads):
+        return cuda_emu.cuda_tile_config("backward_weight", h, w, kh, kw, pads, False, 4, 4)["kernel"]
+
+    assert kernel(14, 14, 27, 27, [13] * 4) == "wgrad_dense_kernel"
+    assert kernel(14, 14, 25, 25, [12] * 4) == "wgrad_kernel"
+    assert kernel(14, 14, 27, 25, [13, 13, 12, 12]) == "wgrad_kernel"
+    assert kernel(33, 5, 65, 9, [32, 32, 4, 4]) == "wgrad_kernel"
+    assert kernel(14, 14, 27, 27, [0] * 4) == ""  # a 27x27 "valid" filter on a 14x14 map: no output at all
+    assert kernel(10, 10, 19, 19, [10] * 4) == "wgrad_kernel"  # a 12x12 output of a 10x10 map: not "same"
+    x, g = torch.randn(2, 2, 14, 14), torch.randn(2, 2, 14, 14)
+    _weight_grad_check(x, g, 25, 25, (12, 12), cuda_emu)
 
 
 # ---- fallbacks and up-front refusals on every emulated GPU -----------------------------------------------------
@@ -252,11 +323,13 @@ def test_inf_weight_on_padding_only_taps(cuda_emu):
     assert torch.equal(torch.isfinite(y), torch.isfinite(expected))
 
 
-@pytest.mark.parametrize("size,k,pixel", [((13, 11), 7, (6, 10)), ((9, 6), 13, (0, 5)), ((20, 23), 5, (19, 22))])
+@pytest.mark.parametrize("size,k,pixel", [((13, 11), 7, (6, 10)), ((9, 6), 13, (0, 5)), ((20, 23), 5, (19, 22)),
+                                          ((12, 10), 23, (5, 9)), ((7, 7), 13, (6, 6))])
 def test_inf_input_stays_local_in_every_pass(size, k, pixel, cuda_emu):
     """An Inf input pixel (at the map's last columns, where the kernels' partial column steps and chunks are)
     makes exactly the outputs and filter taps non-finite that meet it through real pixels, as the float64
-    reference does: no tile's padding, halo or partial step multiplies it by a zero."""
+    reference does: no tile's padding, halo or partial step multiplies it by a zero (nor, in the dense weight
+    gradient of the last two maps, a zero-padded column of a partial block)."""
     x = torch.randn(2, 3, *size)
     x[1, 2, pixel[0], pixel[1]] = float("inf")
     w = torch.rand(3, 1, k, k) + 0.1

@@ -152,7 +152,7 @@ def test_correlation_work_model_counts_every_useful_tap(size, k, pad, cuda_emu):
         assert steady + edge < 0.6 * cfg["planes"] * out * out * k * k  # the zero-padded plane: 1.0
 
 
-@pytest.mark.parametrize("size,k,pad", [(14, 27, 13), (7, 13, 6), (9, 5, 2), (30, 31, 15)])
+@pytest.mark.parametrize("size,k,pad", [(14, 25, 12), (20, 37, 18), (9, 5, 2), (30, 31, 15)])
 def test_weight_gradient_work_model_counts_every_useful_tap(size, k, pad, cuda_emu):
     """The prediction's walk of the CUDA weight gradient issues at least every useful multiply-add (so its
     utilization cannot exceed 1) and skips the padding-only rows and column steps."""
@@ -162,13 +162,49 @@ def test_weight_gradient_work_model_counts_every_useful_tap(size, k, pad, cuda_e
 
     n = 8  # a full tile of 14x14 maps
     cfg = cuda_emu.cuda_tile_config("backward_weight", size, size, k, k, [pad] * 4, False)
+    assert cfg["kernel"] == "wgrad_kernel"
     khc, kwc = cfg["useful_taps"]
     crop = max(0, pad - size + 1)
     slots = sass.wgrad_work(cfg, n, size, size, size, size, khc, kwc, pad - crop, pad - crop)
     call = ConvCall(n, 1, size, size, k, k, (pad,) * 4, (1, 1), (1, 1), torch.device("cpu"), torch.float32, False)
     assert slots >= n * call.useful_taps()
-    if (size, k) == (14, 27):
+    if (size, k) == (20, 37):
         assert slots < 0.75 * n * size * size * k * k  # every position x every tap: 1.0
+
+
+@pytest.mark.parametrize("h,w,n", [(14, 14, 64), (7, 7, 64), (7, 7, 5), (12, 10, 37), (16, 15, 3)])
+def test_dense_weight_gradient_work_model(h, w, n, cuda_emu):
+    """The dense weight gradient's walk issues every useful multiply-add (all H^2 W^2 pairs per image) and no
+    more where its column blocks fit the map and every slice of every group has as many images; one flush per
+    lane and row offset (2H - 1 per group)."""
+    cfg = cuda_emu.cuda_tile_config("backward_weight", h, w, 2 * h - 1, 2 * w - 1, [h - 1, h - 1, w - 1, w - 1],
+                                    False, 4, n)
+    assert cfg["kernel"] == "wgrad_dense_kernel"
+    slots, flushes, loaded = sass.dense_wgrad_work(cfg, n, h, w)
+    useful = n * h * h * w * w
+    groups = -(-n // cfg["images"])
+    assert slots >= useful and flushes == 32 * (2 * h - 1) * groups
+    assert 2 * n * h * w <= loaded <= 2 * n * h * w * 2  # both tensors, rows padded to blocks of 4 or 8
+    slices = 32 // cfg["blocks_per_row"] ** 2
+    if w % cfg["block_cols"] == 0 and n % cfg["images"] == 0 and cfg["images"] % slices == 0:
+        assert slots == useful
+    assert slots <= useful * (cfg["blocks_per_row"] * cfg["block_cols"] / w) ** 2 * slices
+
+
+def test_loader_per_element_reads_the_load_store_loop():
+    instrs = [sass.Instr(16 * i, op, "") for i, op in enumerate(["LDG.E", "IADD3", "STS", "LDG.E", "STS", "BRA"])]
+    instrs[-1] = sass.Instr(80, "BRA", "0x0")
+    assert sass.loader_per_element(instrs) == 3.0  # 6 instructions, 2 elements stored
+    with_math = instrs[:2] + [sass.Instr(32, "FFMA", "")] + instrs[2:]
+    assert sass.loader_per_element([sass.Instr(16 * i, x.opcode, x.operands) for i, x in enumerate(with_math)]) == 0
+
+
+def test_shuffle_to_store_counts_the_reduce_and_its_stores():
+    instrs = [sass.Instr(16 * i, op, "") for i, op in enumerate(
+        ["FFMA", "SHFL.BFLY", "FADD", "FSEL", "SHFL.BFLY", "FADD", "LEA", "STS", "STS", "BRA", "ISETP", "BSSY",
+         "LEA", "STS"])]
+    assert sass.shuffle_to_store(instrs) == 8  # SHFL .. the second STS; a store 5 instructions on is another site
+    assert sass.shuffle_to_store(instrs[:1]) == 0
 
 
 MMA_SASS = """

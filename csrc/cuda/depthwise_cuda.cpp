@@ -147,7 +147,7 @@ at::Tensor backward_weight(const at::Tensor& grad_out_, const at::Tensor& input_
 // The tile configuration of a pass of a (stride 1) call on this GPU, or why none fits: the launchers' own
 // choice, evaluated without launching, so the Python backend refuses what would fail mid-call.
 TileConfig tile_config(const std::string& pass, int64_t h, int64_t w, int64_t kh, int64_t kw,
-                       at::IntArrayRef padding, bool channels_last, int64_t element_size) {
+                       at::IntArrayRef padding, bool channels_last, int64_t element_size, int64_t batch) {
   TORCH_CHECK(element_size == 2 || element_size == 4, "lkconv cuda: element size ", element_size, " not 2 or 4");
   check_padding(padding);
   TORCH_CHECK(kh >= 1 && kw >= 1 && kh <= kMaxKernel && kw <= kMaxKernel, "lkconv cuda: kernel ", kh, "x", kw,
@@ -160,17 +160,19 @@ TileConfig tile_config(const std::string& pass, int64_t h, int64_t w, int64_t kh
     return correlate_tile_config(h, w, oh, ow, kh, kw, padding[0], padding[2], channels_last, es);
   if (pass == "backward_input")
     return correlate_tile_config(oh, ow, h, w, kh, kw, kh - 1 - padding[0], kw - 1 - padding[2], channels_last, es);
-  // The batch is not known here: the tile assumes it has images enough (a smaller batch only shrinks the tile,
-  // so a call that is not refused here runs).
+  // Without a batch (0) the tile assumes it has images enough (a smaller batch only shrinks the tile, so a call
+  // that is not refused here runs).
+  TORCH_CHECK(batch >= 0 && batch < (1 << 30), "lkconv cuda: batch ", batch);
   if (pass == "backward_weight")
-    return weight_grad_tile_config(1 << 20, h, w, oh, ow, kh, kw, padding[0], padding[2]);
+    return weight_grad_tile_config(batch ? static_cast<int>(batch) : 1 << 20, h, w, oh, ow, kh, kw, padding[0],
+                                   padding[2]);
   TORCH_CHECK(false, "lkconv cuda: unknown pass ", pass);
 }
 
 pybind11::dict tile_config_dict(const std::string& pass, int64_t h, int64_t w, int64_t kh, int64_t kw,
-                                at::IntArrayRef padding, bool channels_last, int64_t element_size) {
+                                at::IntArrayRef padding, bool channels_last, int64_t element_size, int64_t batch) {
   namespace py = pybind11;
-  const TileConfig c = tile_config(pass, h, w, kh, kw, padding, channels_last, element_size);
+  const TileConfig c = tile_config(pass, h, w, kh, kw, padding, channels_last, element_size, batch);
   py::dict d;
   d["kernel"] = c.kernel;
   d["refusal"] = c.refusal;
@@ -181,6 +183,8 @@ pybind11::dict tile_config_dict(const std::string& pass, int64_t h, int64_t w, i
     d["tile_w"] = c.a, d["rows_per_thread"] = c.b, d["planes"] = c.c, d["thread_rows"] = c.d;
   } else if (c.kernel == "wgrad_kernel") {
     d["tile_h"] = c.a, d["images"] = c.b, d["tile_w"] = c.c, d["taps_padded"] = py::make_tuple(c.khp, c.kwp);
+  } else if (c.kernel == "wgrad_dense_kernel") {
+    d["block_cols"] = c.a, d["images"] = c.b, d["blocks_per_row"] = c.c, d["warps"] = c.d;
   }
   return d;
 }
@@ -196,7 +200,7 @@ void bind(pybind11::module& m) {
   m.def("cuda_tile_config", &tile_config_dict,
         "the tile configuration a pass of a call gets on the current GPU, or why none fits (key 'refusal')",
         py::arg("pass_name"), py::arg("h"), py::arg("w"), py::arg("kh"), py::arg("kw"), py::arg("padding"),
-        py::arg("channels_last"), py::arg("element_size") = 4);
+        py::arg("channels_last"), py::arg("element_size") = 4, py::arg("batch") = 0);
   m.def("cuda_build_info", [] {
     return std::string("CUDA ") + std::to_string(CUDA_VERSION / 1000) + "." + std::to_string(CUDA_VERSION % 1000 / 10);
   });

@@ -85,6 +85,18 @@ struct WgradParams {
   int splits;         // blocks per channel; each reduces a fixed, strided subset of the tiles
 };
 
+// The weight gradient of small maps the filter spans (wgrad_dense_kernel.cu): an H x W "same" call whose cropped
+// filter is (2H - 1) x (2W - 1). Blocks of R columns (NB per row) and `images` images per block of `warps` warps.
+struct DenseWgradPlan {
+  int r = 0, nb = 0, warps = 0, images = 0;
+  size_t smem = 0;
+};
+// False where the dense kernel does not apply (or does not fit `smem_limit`): the tile kernel runs.
+bool dense_wgrad_plan(int n, int h, int w, int oh, int ow, int khc, int kwc, size_t smem_limit, DenseWgradPlan* plan);
+// Writes p.partial ([c][p.splits][2H - 1][2W - 1], p.splits = ceil(n / plan.images)).
+template <typename T>
+void launch_dense_wgrad(const WgradParams& p, const DenseWgradPlan& plan, cudaStream_t stream);
+
 // Device limits the tiling depends on, for the current device (no ATen CUDA context header needed, so a
 // toolkit without the cuBLAS/cuSPARSE headers still builds the kernels).
 struct DeviceLimits {

@@ -2,7 +2,9 @@
 //   grad_w[c, i, j] = sum_{n, y, x} grad_out[n, c, y, x] * input[n, c, y + i - pad_t, x + j - pad_l].
 //
 // Grid: (splits, C). A block owns one channel and a fixed, strided subset of the tiles (images x rows x
-// columns) of that channel; a tile's input (with its halo) and output gradient sit in shared memory.
+// columns) of that channel; a tile's input (with its halo) and output gradient sit in shared memory. Maps that
+// the filter spans (every pixel pair meets a tap: 14x14 k27, 7x7 k13) go to the dense kernel instead
+// (wgrad_dense_kernel.cu), which multiplies only pixel pairs; both end in this file's ordered sum of the splits.
 //
 // Design (from the sm_90 code, see `python -m bench.sass`):
 //  - A warp owns a 4 x 8 block of taps (IY x JX = 32: one per lane after the reduction); the block's 8 warps
@@ -247,18 +249,24 @@ __global__ void wgrad_finalize_kernel(const float* partial, T* grad_w, int c_tot
   grad_w[c * kh * kw + (ki0 + t / kwc) * kw + kj0 + t % kwc] = static_cast<T>(sum);
 }
 
+// The tile kernel (or, with `dense`, the dense one) into a per-split workspace, then the ordered sum of the splits.
 template <typename T>
-void launch(WgradParams p, const WgradTile& tile, at::Tensor& grad_w, int kh, int kw, cudaStream_t stream) {
-  const size_t smem = tile.smem_floats() * sizeof(float);
-  if (smem > 48 * 1024)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(wgrad_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
+void launch(WgradParams p, const WgradTile& tile, const DenseWgradPlan* dense, at::Tensor& grad_w, int kh, int kw,
+            cudaStream_t stream) {
   auto partial = at::empty({static_cast<int64_t>(p.c) * p.splits * p.khc * p.kwc},
                            grad_w.options().dtype(at::kFloat));
   p.partial = partial.data_ptr<float>();
   TORCH_CHECK(p.c < 65536, "lkconv cuda: at most 65535 channels, got ", p.c);
-  LKCONV_LAUNCH(dim3(p.splits, p.c), kWarps * 32, smem, stream, wgrad_kernel<T>)(p, tile);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (dense) {
+    launch_dense_wgrad<T>(p, *dense, stream);
+  } else {
+    const size_t smem = tile.smem_floats() * sizeof(float);
+    if (smem > 48 * 1024)
+      C10_CUDA_CHECK(cudaFuncSetAttribute(wgrad_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
+    LKCONV_LAUNCH(dim3(p.splits, p.c), kWarps * 32, smem, stream, wgrad_kernel<T>)(p, tile);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   const int64_t total = static_cast<int64_t>(p.c) * p.khc * p.kwc;
   const int threads = 256;
   LKCONV_LAUNCH(static_cast<unsigned>((total + threads - 1) / threads), threads, 0, stream, wgrad_finalize_kernel<T>)(
@@ -308,9 +316,17 @@ TileConfig weight_grad_tile_config(int n, int h, int w, int oh, int ow, int kh, 
   useful_range(kw, pad_l, w, ow, &j_lo, &j_hi);
   if (i_hi < i_lo || j_hi < j_lo) return out;
   out.khc = i_hi - i_lo + 1, out.kwc = j_hi - j_lo + 1;
+  const size_t smem_limit = current_device_limits().smem_per_block_optin;
+  DenseWgradPlan dense;
+  if (dense_wgrad_plan(n, h, w, oh, ow, out.khc, out.kwc, smem_limit, &dense)) {
+    out.kernel = "wgrad_dense_kernel";
+    out.a = dense.r, out.b = dense.images, out.c = dense.nb, out.d = dense.warps;
+    out.smem = dense.smem;
+    out.threads = dense.warps * 32;
+    return out;
+  }
   WgradTile tile;
-  if (choose_tile(n, oh, ow, out.khc, out.kwc, current_device_limits().smem_per_block_optin, &tile,
-                  &out.refusal)) {
+  if (choose_tile(n, oh, ow, out.khc, out.kwc, smem_limit, &tile, &out.refusal)) {
     out.kernel = "wgrad_kernel";
     out.a = tile.tile_h, out.b = tile.images, out.c = tile.tile_w, out.khp = tile.khp, out.kwp = tile.kwp;
     out.smem = tile.smem_floats() * sizeof(float);
@@ -336,23 +352,29 @@ void weight_grad(const at::Tensor& grad_out, const at::Tensor& input, at::Tensor
   p.ki0 = i_lo, p.kj0 = j_lo, p.khc = i_hi - i_lo + 1, p.kwc = j_hi - j_lo + 1;
   p.pad_t = pad_t, p.pad_l = pad_l;
 
-  WgradTile tile;
-  std::string why;
-  TORCH_CHECK(choose_tile(p.n, oh, ow, p.khc, p.kwc, current_device_limits().smem_per_block_optin, &tile, &why),
-              "lkconv cuda: ", why);
-
-  // Enough blocks to fill the GPU about four times over; the split count depends on the shape and the GPU
-  // only, never on timing, so results are reproducible run to run on the same GPU.
-  const int64_t units = static_cast<int64_t>((p.n + tile.images - 1) / tile.images) *
-                        ((oh + tile.tile_h - 1) / tile.tile_h) * ((ow + tile.tile_w - 1) / tile.tile_w);
+  const size_t smem_limit = current_device_limits().smem_per_block_optin;
   const int sms = current_device_limits().sm_count;
-  p.splits = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(units, (4LL * sms + p.c - 1) / p.c)));
+  WgradTile tile{};
+  DenseWgradPlan dense;
+  const bool use_dense = dense_wgrad_plan(p.n, h, w, oh, ow, p.khc, p.kwc, smem_limit, &dense);
+  if (use_dense) {
+    p.splits = (p.n + dense.images - 1) / dense.images;  // one image group per block
+  } else {
+    std::string why;
+    TORCH_CHECK(choose_tile(p.n, oh, ow, p.khc, p.kwc, smem_limit, &tile, &why), "lkconv cuda: ", why);
+    // Enough blocks to fill the GPU about four times over; the split count depends on the shape and the GPU
+    // only, never on timing, so results are reproducible run to run on the same GPU.
+    const int64_t units = static_cast<int64_t>((p.n + tile.images - 1) / tile.images) *
+                          ((oh + tile.tile_h - 1) / tile.tile_h) * ((ow + tile.tile_w - 1) / tile.tile_w);
+    p.splits = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(units, (4LL * sms + p.c - 1) / p.c)));
+  }
+  const DenseWgradPlan* dense_plan = use_dense ? &dense : nullptr;
 
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (input.scalar_type()) {
-    case at::kFloat: launch<float>(p, tile, grad_w, kh, kw, stream); break;
-    case at::kHalf: launch<at::Half>(p, tile, grad_w, kh, kw, stream); break;
-    case at::kBFloat16: launch<at::BFloat16>(p, tile, grad_w, kh, kw, stream); break;
+    case at::kFloat: launch<float>(p, tile, dense_plan, grad_w, kh, kw, stream); break;
+    case at::kHalf: launch<at::Half>(p, tile, dense_plan, grad_w, kh, kw, stream); break;
+    case at::kBFloat16: launch<at::BFloat16>(p, tile, dense_plan, grad_w, kh, kw, stream); break;
     default: TORCH_CHECK(false, "lkconv cuda: unsupported dtype ", input.scalar_type());
   }
 }
