@@ -210,7 +210,7 @@ def demangle(names: Sequence[str]) -> Dict[str, str]:
 
 
 # ---- the CUDA kernels ----------------------------------------------------------------------------------------------
-CUDA_FILES = ("correlate_kernel.cu", "wgrad_kernel.cu", "wgrad_dense_kernel.cu")
+CUDA_FILES = ("correlate_kernel.cu", "correlate_dense_kernel.cu", "wgrad_kernel.cu", "wgrad_dense_kernel.cu")
 
 
 def compile_cuda(arch: str, cache: str) -> List[str]:
@@ -307,14 +307,12 @@ def shuffle_to_store(instrs: Sequence[Instr]) -> int:
 
 
 def loader_per_element(instrs: Sequence[Instr]) -> float:
-    """Instructions per element the loader (the innermost loop with global loads and shared stores but no
-    multiply-add) moves: its size over its shared stores; 0 without one."""
+    """Instructions per element a loader (an innermost loop with global loads and shared stores but no
+    multiply-add) moves, its size over its shared stores: the most of any such loop (a kernel may have several,
+    e.g. the filter's and the source's, unrolled and not); 0 without one."""
     loader = [lp for lp in loops(instrs)
               if lp.mix.get("LDG", 0) and lp.mix.get("STS", 0) and not lp.mix.get("FFMA", 0)]
-    if not loader:
-        return 0.0
-    lp = max(loader, key=lambda lp: lp.size)
-    return lp.size / lp.mix["STS"]
+    return max((lp.size / lp.mix["STS"] for lp in loader), default=0.0)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -384,6 +382,25 @@ def wgrad_work(cfg: Dict, n: int, h: int, w: int, out_h: int, out_w: int, khc: i
     return slots
 
 
+def dense_correlate_work(cfg: Dict, n: int, c: int, h: int, w: int) -> Tuple[int, int]:
+    """(multiply-add slots, loaded elements) of the dense forward / backward-input over all channels, following
+    its walk (csrc/cuda/correlate_dense_kernel.cu): per block of `channels` channels x `images` images, every
+    thread of a channel (rows x column blocks x image blocks of 8) walks all H x W source pixels with RX x 8
+    multiply-adds each, a warp as long as its threads; the loaders store every held source element (image slots
+    past the batch included) and each channel's padded, reversed filter rows."""
+    rx, images, channels = cfg["block_cols"], cfg["images"], cfg["channels"]
+    nbx = _ceil_div(w, rx)
+    per_channel = h * nbx * (images // 8)
+    filter_stride = _ceil_div(2 * w - 1 + rx, 32) * 32 + 1
+    slots = loaded = 0
+    for _n0 in range(0, n, images):
+        for c0 in range(0, c, channels):
+            held = min(channels, c - c0)
+            slots += _ceil_div(held * per_channel, 32) * 32 * h * w * rx * 8
+            loaded += channels * (h * w * images + (2 * h - 1) * filter_stride)
+    return slots, loaded
+
+
 def dense_wgrad_work(cfg: Dict, n: int, h: int, w: int) -> Tuple[int, int, int]:
     """(multiply-add slots, lane flushes, loaded elements) of one channel of the dense weight gradient, following
     its walk (csrc/cuda/wgrad_dense_kernel.cu): per group of `images` images, each warp's units d = warp, warp +
@@ -406,13 +423,14 @@ def dense_wgrad_work(cfg: Dict, n: int, h: int, w: int) -> Tuple[int, int, int]:
 
 
 def _instantiation(name: str) -> Optional[Tuple[str, str, Tuple[int, ...]]]:
-    """('correlate'|'wgrad'|'wgrad_dense'|'finalize', dtype, template ints) of a demangled kernel name."""
-    m = re.search(r"(correlate_kernel|wgrad_kernel|wgrad_dense_kernel|wgrad_finalize_kernel)<([^,>]+)((?:, \d+)*)>",
-                  name)
+    """('correlate'|'correlate_dense'|'wgrad'|'wgrad_dense'|'finalize', dtype, template ints) of a demangled
+    kernel name."""
+    m = re.search(r"(correlate_kernel|correlate_dense_kernel|wgrad_kernel|wgrad_dense_kernel|wgrad_finalize_kernel)"
+                  r"<([^,>]+)((?:, \d+)*)>", name)
     if not m:
         return None
-    kind = {"correlate_kernel": "correlate", "wgrad_kernel": "wgrad", "wgrad_dense_kernel": "wgrad_dense",
-            "wgrad_finalize_kernel": "finalize"}[m.group(1)]
+    kind = {"correlate_kernel": "correlate", "correlate_dense_kernel": "correlate_dense", "wgrad_kernel": "wgrad",
+            "wgrad_dense_kernel": "wgrad_dense", "wgrad_finalize_kernel": "finalize"}[m.group(1)]
     dtype = {"float": "float32", "c10::Half": "float16", "c10::BFloat16": "bfloat16"}.get(m.group(2).strip(),
                                                                                           m.group(2).strip())
     ints = tuple(int(v) for v in re.findall(r"\d+", m.group(3)))
@@ -493,6 +511,15 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
                 kind = "correlate"
                 ignores = ("the tile loader (global -> shared), the bias/store, memory stalls; strip-edge steps at "
                            "their own loop's FFMA share")
+            elif cfg["kernel"] == "correlate_dense_kernel":
+                rx = cfg["block_cols"]
+                slots, loaded = dense_correlate_work(cfg, n, c, size, size)
+                performed = slots
+                config = f"dense, {rx}x8 per thread, {cfg['images']} images x {cfg['channels']} channels/block"
+                key_ints = (rx,)
+                kind = "correlate_dense"
+                ignores = ("the output stores, memory stalls; counted besides the hot loop: the loaders (their "
+                           "loops' instructions per element)")
             elif cfg["kernel"] == "wgrad_dense_kernel":
                 r, nb = cfg["block_cols"], cfg["blocks_per_row"]
                 slots, flushes, loaded = dense_wgrad_work(cfg, n, size, size)
@@ -520,6 +547,9 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
             util = useful / performed
             if kind == "correlate":  # issue time: steady slots at the hot loop's share, edges at theirs
                 issue = steady / rep.ffma_share + edge / rep.edge_ffma_share
+                predicted = PEAK_FP32_TFLOPS[arch] * useful / issue
+            elif kind == "correlate_dense":  # hot loop at its FFMA share plus the loaders
+                issue = performed / rep.ffma_share + loaded * rep.loader_per_element
                 predicted = PEAK_FP32_TFLOPS[arch] * useful / issue
             elif kind == "wgrad_dense":  # hot loop at its FFMA share plus every lane's flushes and loads
                 issue = (performed / rep.ffma_share + c * flushes * (r * r + rep.shuffle_to_store)

@@ -26,7 +26,8 @@ import subprocess
 import sys
 from typing import Dict, Optional
 
-CUDA_SOURCES = ("correlate_kernel.cu", "wgrad_kernel.cu", "wgrad_dense_kernel.cu", "depthwise_cuda.cpp")
+CUDA_SOURCES = ("correlate_kernel.cu", "correlate_dense_kernel.cu", "wgrad_kernel.cu", "wgrad_dense_kernel.cu",
+                "depthwise_cuda.cpp")
 EMULATION_SOURCES = ("lkemu.cpp", "emu_module.cpp")
 CFLAGS = ["-O2", "-DLKCONV_CUDA_EMULATION", "-fno-strict-aliasing", "-fsanitize=undefined", "-fno-sanitize=vptr",
           "-fno-sanitize-recover=undefined"]

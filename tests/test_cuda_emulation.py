@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import lkconv
-from reference import assert_within_torch_error, conv_with_grads, unfold_conv
+from reference import assert_within_torch_error, conv_with_grads, rule_oracle, unfold_conv
 
 CUDA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "cuda")
 
@@ -130,7 +130,7 @@ def test_global_memory_under_address_sanitizer(tmp_path):
 def test_launch_bounds_hold_for_every_launch(cuda_emu):
     """Every launch's block size is within its kernel's __launch_bounds__ (read from the sources)."""
     bounds = {}
-    for name in ("correlate_kernel.cu", "wgrad_kernel.cu", "wgrad_dense_kernel.cu"):
+    for name in ("correlate_kernel.cu", "correlate_dense_kernel.cu", "wgrad_kernel.cu", "wgrad_dense_kernel.cu"):
         text = _source(name)
         consts = {m.group(1): int(m.group(2)) for m in re.finditer(r"constexpr int (\w+) = (\d+);", text)}
         for m in re.finditer(r"__launch_bounds__\(([^)]*)\)\s+(\w+)", text):
@@ -138,9 +138,10 @@ def test_launch_bounds_hold_for_every_launch(cuda_emu):
             for const, value in consts.items():
                 expr = expr.replace(const, str(value))
             bounds[m.group(2)] = eval(expr, {})  # noqa: S307  (an arithmetic expression of the source)
-    assert set(bounds) == {"correlate_kernel", "wgrad_kernel", "wgrad_dense_kernel"}
+    assert set(bounds) == {"correlate_kernel", "correlate_dense_kernel", "wgrad_kernel", "wgrad_dense_kernel"}
     for size, k in ((5, 3), (9, 13), (30, 31), (7, 51), (14, 27)):
         _check_call(torch.randn(2, 3, size, size + 1), torch.randn(3, 1, k, k), k // 2)
+    _check_call(torch.randn(8, 3, 7, 7), torch.randn(3, 1, 13, 13), 6)
     launches = cuda_emu.take_launches()
     assert launches
     for launch in launches:
@@ -155,7 +156,7 @@ def test_every_correlate_tile_configuration_runs(cuda_emu):
     rows, wide, multi_plane = set(), False, False
     for oh, ow in ((20, 40), (16, 40), (6, 6), (9, 150), (40, 9), (3, 1)):
         for channels_last in (False, True):
-            config = cuda_emu.cuda_tile_config("forward", oh, ow, 5, 5, [2, 2, 2, 2], channels_last)
+            config = cuda_emu.cuda_tile_config("forward", oh, ow, 5, 5, [2, 2, 2, 2], channels_last, 4, 2)
             rows.add(config["rows_per_thread"])
             wide |= config["tile_w"] < ow
             multi_plane |= config["planes"] > 1
@@ -168,8 +169,9 @@ def test_every_correlate_tile_configuration_runs(cuda_emu):
 def test_16bit_sources_stay_16bit_in_shared_memory(cuda_emu):
     """16-bit inputs are held as 16-bit in shared memory: a plane costs less, so a block holds at least as many
     planes in no more bytes per plane; and the 16-bit calls run (checked against float64)."""
-    for size, k in ((14, 27), (7, 13), (56, 31)):
-        f32, f16 = (cuda_emu.cuda_tile_config("forward", size, size, k, k, [k // 2] * 4, False, es) for es in (4, 2))
+    for size, k in ((14, 27), (7, 13), (56, 31)):  # batch 2: the tile kernel (the dense one widens to fp32)
+        f32, f16 = (cuda_emu.cuda_tile_config("forward", size, size, k, k, [k // 2] * 4, False, es, 2)
+                    for es in (4, 2))
         assert f16["smem"] / f16["planes"] < f32["smem"] / f32["planes"] and f16["planes"] >= f32["planes"]
     for dtype in (torch.float16, torch.bfloat16):
         x, w = torch.randn(2, 3, 9, 11).to(dtype), torch.randn(3, 1, 7, 7).to(dtype)
@@ -181,9 +183,9 @@ def test_16bit_sources_stay_16bit_in_shared_memory(cuda_emu):
 
 
 @pytest.mark.parametrize("schedule", ["reverse", "shuffled"])
-@pytest.mark.parametrize("size,k", [((14, 15), 9), ((7, 7), 13)], ids=["tile", "dense"])
-def test_results_do_not_depend_on_the_thread_schedule(schedule, size, k, cuda_emu):
-    x, w, g = torch.randn(2, 3, *size), torch.randn(3, 1, k, k), torch.randn(2, 3, *size)
+@pytest.mark.parametrize("size,k,n", [((14, 15), 9, 2), ((7, 7), 13, 8)], ids=["tile", "dense"])
+def test_results_do_not_depend_on_the_thread_schedule(schedule, size, k, n, cuda_emu):
+    x, w, g = torch.randn(n, 3, *size), torch.randn(3, 1, k, k), torch.randn(n, 3, *size)
 
     def run():
         with lkconv.use_backend("cuda_emu"):
@@ -196,7 +198,59 @@ def test_results_do_not_depend_on_the_thread_schedule(schedule, size, k, cuda_em
             assert torch.equal(a, b)
 
 
-# ---- the dense weight gradient (maps the filter spans) ---------------------------------------------------------
+# ---- the dense kernels (maps the filter spans) -------------------------------------------------------------------
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 3), (3, 4), (5, 9), (7, 7), (8, 8), (12, 10), (14, 14), (13, 15),
+                                 (16, 16), (21, 20), (3, 28), (30, 5)], ids=lambda v: str(v))
+def test_dense_forward_and_input_gradient_every_map(h, w, cuda_emu):
+    """Every map whose "same" filter spans it takes the dense correlation for the forward (with bias) and the
+    input gradient from a batch of 8: every column-block width and count, full and partial blocks, oblong maps,
+    a larger filter (cropped), channels_last and channel-slice inputs; a batch of 7 keeps the tile kernel."""
+    kh, kw = 2 * h - 1, 2 * w - 1
+    pads = [h - 1, h - 1, w - 1, w - 1]
+    for pass_ in ("forward", "backward_input"):
+        assert cuda_emu.cuda_tile_config(pass_, h, w, kh, kw, pads, False, 4, 8)["kernel"] == "correlate_dense_kernel"
+        assert cuda_emu.cuda_tile_config(pass_, h, w, kh, kw, pads, False, 4, 7)["kernel"] == "correlate_kernel"
+    x = torch.randn(9, 3, h, w)
+    _check_call(x, torch.randn(3, 1, kh, kw), (h - 1, w - 1))
+    _check_call(x[:8], torch.randn(3, 1, kh + 2, kw + 4), (h, w + 1))
+    _check_call(x.contiguous(memory_format=torch.channels_last), torch.randn(3, 1, kh, kw), (h - 1, w - 1))
+    _check_call(torch.randn(8, 6, h, w)[:, 2:5], torch.randn(3, 1, kh, kw), (h - 1, w - 1))
+
+
+def test_dense_forward_groups_16bit_and_bias(cuda_emu):
+    """Several image groups (the last partial) and channel groups (the last partial), 16-bit types, with bias."""
+    config = cuda_emu.cuda_tile_config("forward", 7, 7, 13, 13, [6] * 4, False, 4, 70)
+    assert config["kernel"] == "correlate_dense_kernel" and config["images"] < 70 and config["channels"] > 1
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        c = config["channels"] + 1
+        x, w, b = torch.randn(70, c, 7, 7).to(dtype), torch.randn(c, 1, 13, 13).to(dtype), torch.randn(c).to(dtype)
+        with lkconv.use_backend("cuda_emu"):
+            y = lkconv.depthwise_conv2d(x, w, b, padding=6)
+        ref = F.conv2d(x.double(), w.double(), b.double(), 1, 6, 1, c)
+        theirs = F.conv2d(x.float(), w.float(), b.float(), 1, 6, 1, c).to(dtype)
+        assert_within_torch_error(y, theirs, ref, f"dense forward {dtype}")
+
+
+def test_dense_kernels_keep_non_finite_values_local(cuda_emu):
+    """An Inf source pixel in the last column and an Inf weight at the filter's corner tap, batch 8: exactly the
+    outputs, input gradients and filter taps that meet them through real pixels are non-finite, as in the float64
+    oracle of the documented rule (a product with padding does not exist)."""
+    x = torch.randn(8, 2, 12, 10)
+    x[5, 1, 4, 9] = float("inf")
+    w = torch.rand(2, 1, 23, 19) + 0.1
+    w[0, 0, 0, 0] = float("inf")  # meets only output (11, 9), through source pixel (0, 0)
+    g = torch.rand(8, 2, 12, 10) + 0.1
+    with lkconv.use_backend("cuda_emu"):
+        ours = conv_with_grads(x, w, None, g, padding=(11, 9), fn=lambda *a: lkconv.depthwise_conv2d(*a))
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    out = rule_oracle(x64, w64, (11, 11, 9, 9))
+    ref = (out, *torch.autograd.grad(out, (x64, w64), g.double()))
+    for name, o, r in zip(("output", "grad_input", "grad_weight"), ours, ref):
+        assert torch.equal(torch.isfinite(o), torch.isfinite(r)), name
+    assert not torch.isfinite(ours[0][:, 0, 11, 9]).any() and torch.isfinite(ours[0][:, 0, :11]).all()
+
+
+
 DENSE_MAPS = [(1, 1), (2, 3), (3, 4), (5, 9), (7, 7), (8, 8), (6, 12), (12, 10), (14, 14), (13, 15), (16, 16),
               (9, 17), (21, 20), (3, 28), (30, 5)]
 

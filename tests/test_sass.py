@@ -139,7 +139,8 @@ def test_correlation_work_model_counts_every_useful_tap(size, k, pad, cuda_emu):
 
     import torch
 
-    cfg = cuda_emu.cuda_tile_config("forward", size, size, k, k, [pad] * 4, False)
+    cfg = cuda_emu.cuda_tile_config("forward", size, size, k, k, [pad] * 4, False, 4, 2)  # batch 2: the tile kernel
+    assert cfg["kernel"] == "correlate_kernel"
     out = size + 2 * pad - k + 1
     khc, kwc = cfg["useful_taps"]
     crop = max(0, pad - out + 1)
@@ -189,6 +190,21 @@ def test_dense_weight_gradient_work_model(h, w, n, cuda_emu):
     if w % cfg["block_cols"] == 0 and n % cfg["images"] == 0 and cfg["images"] % slices == 0:
         assert slots == useful
     assert slots <= useful * (cfg["blocks_per_row"] * cfg["block_cols"] / w) ** 2 * slices
+
+
+@pytest.mark.parametrize("h,w,n,c", [(14, 14, 64, 512), (7, 7, 64, 1024), (12, 10, 9, 5), (16, 15, 70, 3)])
+def test_dense_correlation_work_model(h, w, n, c, cuda_emu):
+    """The dense forward's walk issues every useful multiply-add (all H^2 W^2 pairs per image and channel), and
+    no more where its blocks, image groups and channel groups are full; the loaders hold every source element."""
+    cfg = cuda_emu.cuda_tile_config("forward", h, w, 2 * h - 1, 2 * w - 1, [h - 1, h - 1, w - 1, w - 1], False, 4, n)
+    assert cfg["kernel"] == "correlate_dense_kernel"
+    slots, loaded = sass.dense_correlate_work(cfg, n, c, h, w)
+    useful = n * c * h * h * w * w
+    assert slots >= useful and loaded >= n * c * h * w
+    full = (w % cfg["block_cols"] == 0 and n % cfg["images"] == 0 and c % cfg["channels"] == 0
+            and cfg["channels"] * h * (w // cfg["block_cols"]) * cfg["images"] // 8 % 32 == 0)
+    if full:
+        assert slots == useful
 
 
 def test_loader_per_element_reads_the_load_store_loop():

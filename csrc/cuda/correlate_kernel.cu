@@ -20,6 +20,8 @@
 //    remains is the zero halo columns inside a partly real chunk.
 //  - Tiles sized to the map: lanes_x threads of 4 columns and tile_rows threads of RY rows per plane, chosen by
 //    the launcher to cover the map with the least waste, and several planes per block for small maps.
+// Maps that the filter spans (every output pixel meets every source pixel: 14x14 k27, 7x7 k13) with a batch of 8 or
+// more go to the dense kernel instead (correlate_dense_kernel.cu), which walks source pixels only.
 // Filters are held in shared memory as float; sources in the input's own type (16-bit inputs stay 16-bit: half
 // the bytes per held row, so up to twice the planes per SM; a chunk's 4 values are then one LDS.64 and 4
 // conversions, against 16 x RY FFMAs). Accumulation is fp32.
@@ -335,8 +337,8 @@ static void useful_taps(int k, int src_len, int out_len, int offset, int* lo, in
   *hi = std::min(k - 1, offset + src_len - 1);
 }
 
-TileConfig correlate_tile_config(int src_h, int src_w, int out_h, int out_w, int kh, int kw, int off_t, int off_l,
-                                 bool channels_last, int element_size) {
+TileConfig correlate_tile_config(int n, int src_h, int src_w, int out_h, int out_w, int kh, int kw, int off_t,
+                                 int off_l, bool channels_last, int element_size) {
   TileConfig out;
   int i_lo, i_hi, j_lo, j_hi;
   useful_taps(kh, src_h, out_h, off_t, &i_lo, &i_hi);
@@ -344,6 +346,14 @@ TileConfig correlate_tile_config(int src_h, int src_w, int out_h, int out_w, int
   if (i_hi < i_lo || j_hi < j_lo) return out;  // no kernel runs: the result is the bias
   Config cfg;
   out.khc = i_hi - i_lo + 1, out.kwc = j_hi - j_lo + 1;
+  DenseCorrelatePlan dense;
+  if (dense_correlate_plan(n, src_h, src_w, out_h, out_w, out.khc, out.kwc,
+                           current_device_limits().smem_per_block_optin, &dense)) {
+    out.kernel = "correlate_dense_kernel";
+    out.a = dense.rx, out.b = dense.images, out.c = dense.channels, out.smem = dense.smem;
+    out.threads = dense.threads;
+    return out;
+  }
   if (choose_config(src_h, out_h, out_w, out.khc, out.kwc, channels_last, element_size,
                     current_device_limits().smem_per_block_optin, &cfg, &out.refusal)) {
     out.kernel = "correlate_kernel";
@@ -380,6 +390,17 @@ void correlate(const at::Tensor& src, const at::Tensor& weight, const at::Tensor
   p.flip = flip;
 
   const DeviceLimits limits = current_device_limits();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  DenseCorrelatePlan dense;
+  if (dense_correlate_plan(p.n, h, w, oh, ow, p.khc, p.kwc, limits.smem_per_block_optin, &dense)) {
+    switch (src.scalar_type()) {
+      case at::kFloat: launch_dense_correlate<float>(p, dense, stream); break;
+      case at::kHalf: launch_dense_correlate<at::Half>(p, dense, stream); break;
+      case at::kBFloat16: launch_dense_correlate<at::BFloat16>(p, dense, stream); break;
+      default: TORCH_CHECK(false, "lkconv cuda: unsupported dtype ", src.scalar_type());
+    }
+    return;
+  }
   const bool channels_last = src.stride(1) == 1 && src.size(1) > 1;
   Config cfg;
   std::string why;
@@ -388,7 +409,6 @@ void correlate(const at::Tensor& src, const at::Tensor& weight, const at::Tensor
                             &cfg, &why),
               "lkconv cuda: ", why);
   p.planes = cfg.planes, p.tile_rows = cfg.tile_rows, p.lanes_x = cfg.lanes_x, p.src_rows = cfg.src_rows;
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (src.scalar_type()) {
     case at::kFloat: launch<float>(p, cfg, stream); break;
     case at::kHalf: launch<at::Half>(p, cfg, stream); break;

@@ -156,16 +156,18 @@ TileConfig tile_config(const std::string& pass, int64_t h, int64_t w, int64_t kh
   const int64_t oh = out_len(h, kh, padding[0], padding[1]), ow = out_len(w, kw, padding[2], padding[3]);
   if (oh < 1 || ow < 1) return {};
   const int es = static_cast<int>(element_size);
-  if (pass == "forward")
-    return correlate_tile_config(h, w, oh, ow, kh, kw, padding[0], padding[2], channels_last, es);
-  if (pass == "backward_input")
-    return correlate_tile_config(oh, ow, h, w, kh, kw, kh - 1 - padding[0], kw - 1 - padding[2], channels_last, es);
-  // Without a batch (0) the tile assumes it has images enough (a smaller batch only shrinks the tile, so a call
+  // Without a batch (0) the configuration assumes images enough (a smaller batch only shrinks a tile or keeps
+  // the tile kernels instead of the dense ones, whose fallback is never refused where they are not, so a call
   // that is not refused here runs).
   TORCH_CHECK(batch >= 0 && batch < (1 << 30), "lkconv cuda: batch ", batch);
+  const int n = batch ? static_cast<int>(batch) : 1 << 20;
+  if (pass == "forward")
+    return correlate_tile_config(n, h, w, oh, ow, kh, kw, padding[0], padding[2], channels_last, es);
+  if (pass == "backward_input")
+    return correlate_tile_config(n, oh, ow, h, w, kh, kw, kh - 1 - padding[0], kw - 1 - padding[2], channels_last,
+                                 es);
   if (pass == "backward_weight")
-    return weight_grad_tile_config(batch ? static_cast<int>(batch) : 1 << 20, h, w, oh, ow, kh, kw, padding[0],
-                                   padding[2]);
+    return weight_grad_tile_config(n, h, w, oh, ow, kh, kw, padding[0], padding[2]);
   TORCH_CHECK(false, "lkconv cuda: unknown pass ", pass);
 }
 
@@ -183,6 +185,8 @@ pybind11::dict tile_config_dict(const std::string& pass, int64_t h, int64_t w, i
     d["tile_w"] = c.a, d["rows_per_thread"] = c.b, d["planes"] = c.c, d["thread_rows"] = c.d;
   } else if (c.kernel == "wgrad_kernel") {
     d["tile_h"] = c.a, d["images"] = c.b, d["tile_w"] = c.c, d["taps_padded"] = py::make_tuple(c.khp, c.kwp);
+  } else if (c.kernel == "correlate_dense_kernel") {
+    d["block_cols"] = c.a, d["images"] = c.b, d["channels"] = c.c;
   } else if (c.kernel == "wgrad_dense_kernel") {
     d["block_cols"] = c.a, d["images"] = c.b, d["blocks_per_row"] = c.c, d["warps"] = c.d;
   }

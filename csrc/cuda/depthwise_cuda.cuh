@@ -97,6 +97,19 @@ bool dense_wgrad_plan(int n, int h, int w, int oh, int ow, int khc, int kwc, siz
 template <typename T>
 void launch_dense_wgrad(const WgradParams& p, const DenseWgradPlan& plan, cudaStream_t stream);
 
+// The forward / backward-input of small maps the filter spans (correlate_dense_kernel.cu): an H x W "same" call
+// whose cropped filter is (2H - 1) x (2W - 1), a batch of 8 or more. RX columns x 8 images per thread; blocks of
+// `channels` channels x `images` images, `threads` threads.
+struct DenseCorrelatePlan {
+  int rx = 0, images = 0, channels = 0, threads = 0;
+  size_t smem = 0;
+};
+// False where the dense kernel does not apply (or does not fit `smem_limit`): the tile kernel runs.
+bool dense_correlate_plan(int n, int h, int w, int oh, int ow, int khc, int kwc, size_t smem_limit,
+                          DenseCorrelatePlan* plan);
+template <typename T>
+void launch_dense_correlate(const CorrelateParams& p, const DenseCorrelatePlan& plan, cudaStream_t stream);
+
 // Device limits the tiling depends on, for the current device (no ATen CUDA context header needed, so a
 // toolkit without the cuBLAS/cuSPARSE headers still builds the kernels).
 struct DeviceLimits {
@@ -117,8 +130,8 @@ struct TileConfig {
   int threads = 0;
   std::string refusal;
 };
-TileConfig correlate_tile_config(int src_h, int src_w, int out_h, int out_w, int kh, int kw, int off_t, int off_l,
-                                 bool channels_last, int element_size);
+TileConfig correlate_tile_config(int n, int src_h, int src_w, int out_h, int out_w, int kh, int kw, int off_t,
+                                 int off_l, bool channels_last, int element_size);
 TileConfig weight_grad_tile_config(int n, int h, int w, int oh, int ow, int kh, int kw, int pad_t, int pad_l);
 
 }  // namespace cuda
