@@ -137,12 +137,12 @@ def static_section(path: str) -> str:
     out = [f"PREDICTED, not measured: `python -m bench.sass` read the sm_90 code of lkconv `{env['lkconv_commit'][:12]}` "
            f"on {env['date'][:10]} ([results]({os.path.relpath(path, ROOT)})). Useful TFLOP/s = FP32 peak "
            f"({data['peak_fp32_tflops']['sm_90']} TFLOP/s, H100 SXM) x FMA share of the hot loop's instructions x "
-           "useful multiply-adds / multiply-adds performed (for the CUDA correlation: its own walk of rows, chunks "
-           "and warps, with the strip-edge steps at their loop's FMA share; for the dense weight gradient: its "
-           "walk, plus its loader's and its per-offset reduction's instructions from the SASS; for Triton: the "
-           "GEMM steps its Toeplitz/Hankel walk issues); an upper bound of the issue-bound speed "
-           "(the tile kernels' loaders, memory stalls and occupancy left out). Occupancy at the launch "
-           "configuration the launcher picks.", "",
+           "useful multiply-adds / multiply-adds performed (for the CUDA kernels: each kernel's own walk of its "
+           "tiles, warps and lanes, with the correlation's strip-edge steps at their loop's FMA share, plus the "
+           "issue slots of their loaders and reductions, counted from the SASS: the load loops' instructions per "
+           "element, the shuffles to the stores per reduction; for Triton: the GEMM steps its Toeplitz/Hankel "
+           "walk issues, operand staging included); an upper bound of the issue-bound speed (memory stalls and "
+           "occupancy left out). Occupancy at the launch configuration the launcher picks.", "",
            "| shape | pass | impl | config | regs | spill B | occupancy | FMA share | useful work | "
            "predicted useful TFLOP/s fp32 / bf16 |", "|---|---|---|---|---|---|---|---|---|---|"]
     rows, mma_rows = defaultdict(dict), defaultdict(dict)

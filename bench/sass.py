@@ -8,14 +8,16 @@ For each CUDA kernel instantiation (nvcc -cubin with setup.py's flags) and each 
     (FFMA, HFMA2, HMMA/HGMMA, FMUL/FADD, LDS/LDSM, LDG, STS/STG, integer/address arithmetic, moves, branches...);
   - occupancy at the launch configuration the launcher picks for the benchmark shapes (the CUDA launchers'
     own tile choice, taken from the emulation module on an emulated H100; the Triton kernels' for each config).
-The prediction: a kernel issue-bound on the FP32 pipe reaches at most (FFMA share of the hot loop's issued
-instructions) x (useful multiply-adds / multiply-adds the hot loop performs: padding taps, cropped strips and
-idle threads cost work) x the FP32 CUDA-core peak. The tensor-core kernels: per MMA step of a program, the
-longest of its issue time (hot-loop instructions of all its warps over the SM's 4 schedulers), its MMA time
-(at the MMA peak) and its shared-memory time (operands in and out at 128 B/clk), times the useful share of the
-MMA work. It leaves out the code outside the hot loop (loaders, reductions), memory stalls and occupancy
-limits, so it is an upper bound of the issue-bound speed; the report says which of those it ignored for each
-kernel.
+The prediction: a kernel issue-bound on the FP32 pipe reaches at most the FP32 CUDA-core peak x useful
+multiply-adds / issue slots, where the issue slots are the multiply-adds its walk performs (padding taps,
+cropped strips and idle threads cost work) over the hot loop's FFMA share, plus, for the CUDA kernels, their
+loaders (elements stored x the most instructions per element of any load loop: carries and all) and their
+reductions (the instructions from the first shuffle to the stores after it, per reduction). The Triton GEMMs
+stage their operands inside the hot loop. The tensor-core kernels: per MMA step of a program, the longest of its
+issue time (hot-loop instructions of all its warps over the SM's 4 schedulers), its MMA time (at the MMA peak)
+and its shared-memory time (operands in and out at 128 B/clk), times the useful share of the MMA work. It
+leaves out stores, memory stalls and occupancy limits, so it is an upper bound of the issue-bound speed; the
+report says what it counted and ignored for each kernel.
 """
 
 from __future__ import annotations
@@ -356,6 +358,35 @@ def correlate_work(cfg: Dict, src_h: int, src_w: int, out_h: int, out_w: int, kh
     return steady, edge
 
 
+def correlate_loads(cfg: Dict, src_h: int, out_h: int, out_w: int, khc: int, kwc: int, off_t: int) -> int:
+    """Elements the CUDA correlation's loaders store for one plane group (csrc/cuda/correlate_kernel.cu): per
+    tile, each plane's source rows inside the map with the column halo, and its chunk-major filter."""
+    ry, tw, planes = cfg["rows_per_thread"], cfg["tile_w"], cfg["planes"]
+    th = cfg["thread_rows"] * ry
+    kwp = _ceil_div(kwc, 4) * 4
+    loaded = 0
+    for y0 in range(0, out_h, th):
+        rows = min(th + khc - 1, off_t - y0 + src_h) - max(0, off_t - y0)
+        loaded += _ceil_div(out_w, tw) * planes * (max(0, rows) * (tw + kwp) + khc * kwp)
+    return loaded
+
+
+def _odd_vectors(v: int) -> int:
+    v = _ceil_div(v, 4) * 4
+    return v if (v // 4) % 2 else v + 4
+
+
+def wgrad_tile_overheads(cfg: Dict, n: int, out_h: int, out_w: int) -> Tuple[int, int]:
+    """(elements loaded, lane reductions) of one channel of the CUDA weight gradient's tile kernel: per tile, the
+    input with its halo and the output gradient of its images; per tile and 4 x 8 tap block, one reduce-scatter
+    by the 32 lanes of a warp."""
+    th, images, tw = cfg["tile_h"], cfg["images"], cfg["tile_w"]
+    khp, kwp = cfg["taps_padded"]
+    tiles = _ceil_div(n, images) * _ceil_div(out_h, th) * _ceil_div(out_w, tw)
+    per_tile = images * ((th + khp - 1) * _odd_vectors(tw + kwp) + th * _odd_vectors(tw))
+    return tiles * per_tile, tiles * (khp // 4) * (kwp // 8) * 32
+
+
 def wgrad_work(cfg: Dict, n: int, h: int, w: int, out_h: int, out_w: int, khc: int, kwc: int, top: int,
                left: int) -> int:
     """Multiply-add slots one channel of the CUDA weight gradient issues, following the kernel's own walk
@@ -505,12 +536,13 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
                 steady, edge = correlate_work(cfg, size, size, size, size, khc, kwc, off[0] - i_lo, off[1] - j_lo)
                 groups = n * math.ceil(c / planes)
                 steady, edge = steady * groups, edge * groups
+                loaded = groups * correlate_loads(cfg, size, size, size, khc, kwc, off[0] - i_lo)
                 performed = steady + edge
                 config = f"{tw}x{rows * ry} tile, {ry}x4/thread, planes={planes}"
                 key_ints = (ry,)
                 kind = "correlate"
-                ignores = ("the tile loader (global -> shared), the bias/store, memory stalls; strip-edge steps at "
-                           "their own loop's FFMA share")
+                ignores = ("the bias/store, memory stalls; strip-edge steps at their own loop's FFMA share; the "
+                           "loaders counted (their loops' instructions per element)")
             elif cfg["kernel"] == "correlate_dense_kernel":
                 rx = cfg["block_cols"]
                 slots, loaded = dense_correlate_work(cfg, n, c, size, size)
@@ -535,18 +567,19 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
                 khp, kwp = cfg["taps_padded"]
                 i_lo, j_lo = max(0, pad[0] - size + 1), max(0, pad[1] - size + 1)
                 performed = c * wgrad_work(cfg, n, size, size, size, size, khc, kwc, pad[0] - i_lo, pad[1] - j_lo)
+                loaded, reductions = (c * v for v in wgrad_tile_overheads(cfg, n, size, size))
                 config = f"tile {img}x{th}x{tw}, taps {khp}x{kwp}"
                 key_ints = ()
                 kind = "wgrad"
-                ignores = ("the tile loader, the per-tile reduce-scatter (31 shuffles per warp and tap block), the "
-                           "finalize kernel, memory stalls")
+                ignores = ("the finalize kernel, memory stalls; counted besides the hot loop: the loaders and the "
+                           "per-tile reduce-scatter (the SASS's shuffles to stores, per warp and tap block)")
             rep = by_inst.get((kind, dtype, key_ints))
             if rep is None:
                 continue
             occ = occupancy(arch, rep.regs, cfg["smem"] + rep.static_smem, cfg["threads"])
             util = useful / performed
-            if kind == "correlate":  # issue time: steady slots at the hot loop's share, edges at theirs
-                issue = steady / rep.ffma_share + edge / rep.edge_ffma_share
+            if kind == "correlate":  # issue time: steady slots at the hot loop's share, edges at theirs, loaders
+                issue = steady / rep.ffma_share + edge / rep.edge_ffma_share + loaded * rep.loader_per_element
                 predicted = PEAK_FP32_TFLOPS[arch] * useful / issue
             elif kind == "correlate_dense":  # hot loop at its FFMA share plus the loaders
                 issue = performed / rep.ffma_share + loaded * rep.loader_per_element
@@ -555,8 +588,9 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
                 issue = (performed / rep.ffma_share + c * flushes * (r * r + rep.shuffle_to_store)
                          + c * loaded * rep.loader_per_element)
                 predicted = PEAK_FP32_TFLOPS[arch] * useful / issue
-            else:
-                predicted = PEAK_FP32_TFLOPS[arch] * rep.ffma_share * util
+            else:  # the tile weight gradient: hot loop, loaders, per-tile reductions
+                issue = performed / rep.ffma_share + loaded * rep.loader_per_element + reductions * rep.shuffle_to_store
+                predicted = PEAK_FP32_TFLOPS[arch] * useful / issue
             out.append(Prediction(shape, pass_, dtype, "cuda", rep.kernel, config, rep.regs, rep.spill_bytes,
                                   cfg["smem"], cfg["threads"], occ["fraction"], occ["limiter"], rep.ffma_share,
                                   util, predicted, ignores))

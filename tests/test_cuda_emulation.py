@@ -37,10 +37,11 @@ def _check_call(x, w, padding, backend="cuda_emu"):
 # lkemu::planted_bug so the three cost one compilation.
 PLANTS = [
     ("  __syncthreads();\n", "  if (::lkemu::planted_bug != 1) __syncthreads();\n"),
-    ("for (int e = threadIdx.x; e < P * tile_elems; e += nthreads)",
-     "for (int e = threadIdx.x; e < P * tile_elems + (::lkemu::planted_bug == 2); e += nthreads)"),
+    ("for (int e = threadIdx.x; e < P * rows * SC; e += nthreads)",
+     "for (int e = threadIdx.x; e < P * rows * SC + (::lkemu::planted_bug == 2); e += nthreads)"),
     ("if (x < p.ow) out[", "if (x + (::lkemu::planted_bug == 3) < p.ow) out["),
-    ("sx >= 0 && sx < p.w_)", "sx >= 0 && sx < p.w_ + (::lkemu::planted_bug == 4))"),  # 4: global overflow
+    ("col >= col_lo && col < col_hi ?", "col >= col_lo && col < col_hi + (::lkemu::planted_bug == 4) ?"),  # 4: global
+    # overflow
 ]
 BUGS = {1: "read of never-written shared memory|race", 2: "outside the block's", 3: None}
 
@@ -134,7 +135,7 @@ def test_launch_bounds_hold_for_every_launch(cuda_emu):
         text = _source(name)
         consts = {m.group(1): int(m.group(2)) for m in re.finditer(r"constexpr int (\w+) = (\d+);", text)}
         for m in re.finditer(r"__launch_bounds__\(([^)]*)\)\s+(\w+)", text):
-            expr = m.group(1)
+            expr = m.group(1).split(",")[0]  # the most threads per block (then, optionally, the fewest blocks)
             for const, value in consts.items():
                 expr = expr.replace(const, str(value))
             bounds[m.group(2)] = eval(expr, {})  # noqa: S307  (an arithmetic expression of the source)
@@ -320,6 +321,22 @@ def test_dense_weight_grad_applies_only_where_every_pair_meets_a_tap(cuda_emu):
     _weight_grad_check(x, g, 25, 25, (12, 12), cuda_emu)
 
 
+def test_configuration_follows_the_batch(cuda_emu):
+    """Whether the dense kernels run depends on the batch, so the configuration the backend checks before a call
+    is the one for the call's own batch: the kernels each pass launches are the ones it names (batch 7: the tile
+    kernels; 8: the dense ones), and both are right."""
+    size, k = 7, 13
+    pads = [k // 2] * 4
+    for n in (7, 8):
+        names = {p: cuda_emu.cuda_tile_config(p, size, size, k, k, pads, False, 4, n)["kernel"]
+                 for p in ("forward", "backward_input", "backward_weight")}
+        assert (names["forward"] == "correlate_dense_kernel") == (n >= 8)
+        cuda_emu.take_launches()
+        _check_call(torch.randn(n, 2, size, size), torch.randn(2, 1, k, k), k // 2)
+        launched = {launch["kernel"].split("<")[0] for launch in cuda_emu.take_launches()}
+        assert launched - {"wgrad_finalize_kernel"} == set(names.values()), (n, launched, names)
+
+
 # ---- fallbacks and up-front refusals on every emulated GPU -----------------------------------------------------
 @pytest.mark.parametrize("device", ["h100", "a100", "rtx4090", "tiny"])
 def test_large_filters_run_or_are_refused_up_front(device, cuda_emu):
@@ -328,7 +345,7 @@ def test_large_filters_run_or_are_refused_up_front(device, cuda_emu):
     cuda_emu.select_device(device)
     for size, k in ((64, 113), (24, 101), (20, 61), (16, 31)):
         x, w = torch.randn(1, 2, size, size), torch.randn(2, 1, k, k)
-        refusals = {p: cuda_emu.cuda_tile_config(p, size, size, k, k, [k // 2] * 4, False)["refusal"]
+        refusals = {p: cuda_emu.cuda_tile_config(p, size, size, k, k, [k // 2] * 4, False, 4, 1)["refusal"]
                     for p in ("forward", "backward_input", "backward_weight")}
         if not any(refusals.values()):
             _check_call(x, w, k // 2)

@@ -111,6 +111,41 @@ __device__ __forceinline__ void source_row(float (*acc)[kCols], LKCONV_SMEM_PTR(
   }
 }
 
+// The tile's source rows into shared memory ([plane][row][column], row 0 = source row sy0, column 0 = source
+// column sx0; zero outside the map and for channels past C). Element e of the walk is (plane, row, column) in
+// mixed radix, channel-fastest (channels_last sources: a pixel's planes are neighbours) or column-fastest; each
+// thread advances its digits by blockDim.x with carries, and its global and shared offsets with them, instead of
+// dividing or multiplying per element.
+template <typename T, bool CHANNELS_FASTEST>
+__device__ __forceinline__ void load_source_tile(const CorrelateParams& p, LKCONV_SMEM_PTR(T) s_src, int n, int c0,
+                                                 int P, int rows, int SC, int SR, int sy0, int sx0) {
+  const T* src = static_cast<const T*>(p.src);
+  const int nthreads = blockDim.x;
+  const int radix0 = CHANNELS_FASTEST ? P : SC, radix1 = CHANNELS_FASTEST ? SC : rows;
+  // Strides of the digits in the source and in shared memory (digits: plane, column, row).
+  const int64_t g0 = CHANNELS_FASTEST ? p.src_v.sc : p.src_v.sw, g1 = CHANNELS_FASTEST ? p.src_v.sw : p.src_v.sh,
+                g2 = CHANNELS_FASTEST ? p.src_v.sh : p.src_v.sc;
+  const int s0 = CHANNELS_FASTEST ? SR * SC : 1, s1 = CHANNELS_FASTEST ? 1 : SC, s2 = CHANNELS_FASTEST ? SC : SR * SC;
+  const int step0 = nthreads % radix0, step1 = (nthreads / radix0) % radix1, step2 = nthreads / (radix0 * radix1);
+  int d0 = threadIdx.x % radix0, d1 = (threadIdx.x / radix0) % radix1, d2 = threadIdx.x / (radix0 * radix1);
+  const int64_t g_step = step0 * g0 + step1 * g1 + step2 * g2, g_carry0 = g1 - radix0 * g0,
+                g_carry1 = g2 - radix1 * g1;
+  const int s_step = step0 * s0 + step1 * s1 + step2 * s2, s_carry0 = s1 - radix0 * s0, s_carry1 = s2 - radix1 * s1;
+  // Offsets of element (d0, d1, d2) from the tile's (plane 0, row 0, column 0), which may lie outside the tensor
+  // (only offsets of real elements are read).
+  int64_t g = n * p.src_v.sn + c0 * p.src_v.sc + sy0 * p.src_v.sh + static_cast<int64_t>(sx0) * p.src_v.sw +
+              d0 * g0 + d1 * g1 + d2 * g2;
+  int sh = d0 * s0 + d1 * s1 + d2 * s2;
+  const int col_lo = -sx0, col_hi = p.w_ - sx0, planes = min(P, p.c - c0);  // the real columns and planes
+  for (int e = threadIdx.x; e < P * rows * SC; e += nthreads) {
+    const int pl = CHANNELS_FASTEST ? d0 : d2, col = CHANNELS_FASTEST ? d1 : d0;
+    s_src[sh] = pl < planes && col >= col_lo && col < col_hi ? src[g] : T(0.f);
+    d0 += step0, d1 += step1, d2 += step2, g += g_step, sh += s_step;
+    if (d0 >= radix0) d0 -= radix0, ++d1, g += g_carry0, sh += s_carry0;
+    if (d1 >= radix1) d1 -= radix1, ++d2, g += g_carry1, sh += s_carry1;
+  }
+}
+
 template <typename T, int RY>
 __global__ void __launch_bounds__(256) correlate_kernel(const CorrelateParams p) {
   LKCONV_DYNAMIC_SMEM(float, smem);
@@ -128,46 +163,37 @@ __global__ void __launch_bounds__(256) correlate_kernel(const CorrelateParams p)
   const int n = blockIdx.x / groups_per_n;
   const int c0 = (blockIdx.x % groups_per_n) * P;
   const int y0 = blockIdx.y * TH, x0 = blockIdx.z * TW;
-  const T* src = static_cast<const T*>(p.src);
   const T* w = static_cast<const T*>(p.w);
   const int nthreads = blockDim.x;
   const bool channels_fastest = p.src_v.sc == 1;
 
   // Filters of the block's channels, cropped (and flipped for backward-input), chunk-major; the taps past kwc
-  // in the last chunk are zero (loaded with it, never multiplied).
-  for (int e = threadIdx.x; e < P * taps; e += nthreads) {
-    const int pl = e / taps, rest = e % taps;
-    const int ch = rest / chunk_stride, i = (rest / kCols) % khc, j = ch * kCols + rest % kCols;
-    const int c = c0 + pl;
-    float v = 0.f;
-    if (c < p.c && j < kwc) {
-      int fi = p.ki0 + i, fj = p.kj0 + j;
-      if (p.flip) fi = p.kh - 1 - fi, fj = p.kw - 1 - fj;
-      v = to_float(w[c * p.w_sc + fi * p.w_sh + fj * p.w_sw]);
+  // in the last chunk are zero (loaded with it, never multiplied). A thread per (plane, filter row) walks the row
+  // by pointer increments.
+  for (int row = threadIdx.x; row < P * khc; row += nthreads) {
+    const int pl = row / khc, i = row % khc, c = c0 + pl;
+    LKCONV_SMEM_PTR(float) d = s_w + pl * taps + i * kCols;
+    const bool real = c < p.c;
+    const int fi = p.flip ? p.kh - 1 - (p.ki0 + i) : p.ki0 + i, fj = p.flip ? p.kw - 1 - p.kj0 : p.kj0;
+    const int64_t step = p.flip ? -p.w_sw : p.w_sw;
+    const T* q = w + (real ? c * p.w_sc + fi * p.w_sh + fj * p.w_sw : 0);
+    for (int j0 = 0; j0 < kwp; j0 += kCols, d += chunk_stride) {
+#pragma unroll
+      for (int u = 0; u < kCols; ++u) {
+        const bool tap = real && j0 + u < kwc;
+        d[u] = tap ? to_float(*q) : 0.f;
+        if (tap) q += step;
+      }
     }
-    s_w[e] = v;
   }
   // Source rows of the tile that lie inside the map, with the column halo (zero outside the map, which is the
   // padding, and for channels past C). Tile row sr is source row y0 + sr - off_t; row0 is the first held.
   const int row0 = max(0, p.off_t - y0);
   const int rows = min(TH + khc - 1, p.off_t - y0 + p.h) - row0;  // <= SR (the launcher sizes SR so)
-  // Element e of the walk is (plane, row, column) in mixed radix, channel-fastest or column-fastest; each
-  // thread advances its digits by blockDim.x with carries instead of dividing per element.
-  const int tile_elems = rows * SC;
-  const int radix0 = channels_fastest ? P : SC, radix1 = channels_fastest ? SC : rows;
-  const int step0 = nthreads % radix0, step1 = (nthreads / radix0) % radix1, step2 = nthreads / (radix0 * radix1);
-  int d0 = threadIdx.x % radix0, d1 = (threadIdx.x / radix0) % radix1, d2 = threadIdx.x / (radix0 * radix1);
-  for (int e = threadIdx.x; e < P * tile_elems; e += nthreads) {
-    const int pl = channels_fastest ? d0 : d2, col = channels_fastest ? d1 : d0, r = channels_fastest ? d2 : d1;
-    const int c = c0 + pl;
-    const int sy = y0 + row0 + r - p.off_t, sx = x0 + col - p.off_l;
-    T v = T(0.f);
-    if (c < p.c && sx >= 0 && sx < p.w_) v = src[n * p.src_v.sn + c * p.src_v.sc + sy * p.src_v.sh + sx * p.src_v.sw];
-    s_src[static_cast<int64_t>(pl) * SR * SC + r * SC + col] = v;
-    d0 += step0, d1 += step1, d2 += step2;
-    if (d0 >= radix0) d0 -= radix0, ++d1;
-    if (d1 >= radix1) d1 -= radix1, ++d2;
-  }
+  if (channels_fastest)
+    load_source_tile<T, true>(p, s_src, n, c0, P, rows, SC, SR, y0 + row0 - p.off_t, x0 - p.off_l);
+  else
+    load_source_tile<T, false>(p, s_src, n, c0, P, rows, SC, SR, y0 + row0 - p.off_t, x0 - p.off_l);
   __syncthreads();
 
   const int lx = threadIdx.x % LX;

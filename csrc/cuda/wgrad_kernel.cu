@@ -141,8 +141,34 @@ __device__ __forceinline__ float reduce_scatter(const float (&acc)[IY][JX], int 
   return v[0];
 }
 
+// Rows [sy0, sy0 + R) x columns [sx0, sx0 + C) of images n0 .. n0 + IMG - 1 of channel c into shared memory
+// ([image][row][column]), zero outside the map ([0, h) x [0, w)), past the batch and from column `col_end` on.
+// (image, row, column) digits advance by blockDim.x with carries, and the global and shared offsets with them,
+// instead of dividing or multiplying per element.
 template <typename T>
-__global__ void __launch_bounds__(kWarps * 32) wgrad_kernel(const WgradParams p, const WgradTile tile) {
+__device__ __forceinline__ void load_tile(const T* t, const View4& v, LKCONV_SMEM_PTR(float) dst, int c, int n0,
+                                          int IMG, int R, int C, int sy0, int sx0, int n_total, int h, int w,
+                                          int col_end) {
+  const int nthreads = blockDim.x, plane = R * C;
+  const int dcol = nthreads % C, dr = (nthreads / C) % R, dim = nthreads / plane;
+  int col = threadIdx.x % C, r = (threadIdx.x / C) % R, im = threadIdx.x / plane;
+  const int64_t g_step = dim * v.sn + dr * v.sh + dcol * v.sw, g_carry_col = v.sh - C * v.sw,
+                g_carry_row = v.sn - R * v.sh;
+  // Offset of element (im, r, col); it may lie outside the tensor (only real elements are read).
+  int64_t g = (n0 + im) * v.sn + c * v.sc + static_cast<int64_t>(sy0 + r) * v.sh +
+              static_cast<int64_t>(sx0 + col) * v.sw;
+  const int images = min(IMG, n_total - n0), col_lo = -sx0, col_hi = min(w - sx0, col_end - sx0);
+  for (int e = threadIdx.x; e < IMG * plane; e += nthreads) {
+    const int sy = sy0 + r;
+    dst[e] = im < images && sy >= 0 && sy < h && col >= col_lo && col < col_hi ? to_float(t[g]) : 0.f;
+    col += dcol, r += dr, im += dim, g += g_step;
+    if (col >= C) col -= C, ++r, g += g_carry_col;
+    if (r >= R) r -= R, ++im, g += g_carry_row;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kWarps * 32, 2) wgrad_kernel(const WgradParams p, const WgradTile tile) {
   LKCONV_DYNAMIC_SMEM(float, smem);
   const int TH = tile.tile_h, IMG = tile.images, TW = tile.tile_w;
   const int SXR = tile.sx_rows(), SXC = tile.sx_cols(), SGC = tile.sg_cols();
@@ -161,7 +187,6 @@ __global__ void __launch_bounds__(kWarps * 32) wgrad_kernel(const WgradParams p,
   const int64_t units = static_cast<int64_t>(img_groups) * row_tiles * col_tiles;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int tap_blocks_j = tile.kwp / JX, tap_blocks = (tile.khp / IY) * tap_blocks_j;
-  const int nthreads = blockDim.x;
 
   for (int64_t u = split; u < units; u += p.splits) {
     const int ct = static_cast<int>(u % col_tiles);
@@ -169,37 +194,11 @@ __global__ void __launch_bounds__(kWarps * 32) wgrad_kernel(const WgradParams p,
     const int ig = static_cast<int>(u / (static_cast<int64_t>(col_tiles) * row_tiles));
     const int y0 = rt * TH, x0 = ct * TW, n0 = ig * IMG;
     __syncthreads();  // the previous tile is no longer read
-    // Input tile with halo (zero outside the map and past the batch); (image, row, column) digits advance by
-    // blockDim.x with carries instead of a division per element.
-    {
-      int col = threadIdx.x % SXC, r = (threadIdx.x / SXC) % SXR, im = threadIdx.x / x_elems;
-      const int dcol = nthreads % SXC, dr = (nthreads / SXC) % SXR, dim = nthreads / x_elems;
-      for (int e = threadIdx.x; e < IMG * x_elems; e += nthreads) {
-        const int n = n0 + im;
-        const int sy = y0 + r + p.ki0 - p.pad_t, sx = x0 + col + p.kj0 - p.pad_l;
-        float v = 0.f;
-        if (n < p.n && sy >= 0 && sy < p.h && sx >= 0 && sx < p.w_)
-          v = to_float(xp[n * p.x_v.sn + c * p.x_v.sc + sy * p.x_v.sh + sx * p.x_v.sw]);
-        s_x[e] = v;
-        col += dcol, r += dr, im += dim;
-        if (col >= SXC) col -= SXC, ++r;
-        if (r >= SXR) r -= SXR, ++im;
-      }
-    }
-    {
-      int col = threadIdx.x % SGC, r = (threadIdx.x / SGC) % TH, im = threadIdx.x / g_elems;
-      const int dcol = nthreads % SGC, dr = (nthreads / SGC) % TH, dim = nthreads / g_elems;
-      for (int e = threadIdx.x; e < IMG * g_elems; e += nthreads) {
-        const int n = n0 + im, y = y0 + r, x = x0 + col;
-        float v = 0.f;
-        if (col < TW && n < p.n && y < p.oh && x < p.ow)
-          v = to_float(gp[n * p.g_v.sn + c * p.g_v.sc + y * p.g_v.sh + x * p.g_v.sw]);
-        s_g[e] = v;
-        col += dcol, r += dr, im += dim;
-        if (col >= SGC) col -= SGC, ++r;
-        if (r >= TH) r -= TH, ++im;
-      }
-    }
+    // Input tile with halo (zero outside the map and past the batch), and the output gradient's rows (zero past
+    // the map, the batch and the tile's columns).
+    load_tile(xp, p.x_v, s_x, c, n0, IMG, SXR, SXC, y0 + p.ki0 - p.pad_t, x0 + p.kj0 - p.pad_l, p.n, p.h, p.w_,
+              p.w_);
+    load_tile(gp, p.g_v, s_g, c, n0, IMG, TH, SGC, y0, x0, p.n, p.oh, p.ow, x0 + TW);
     __syncthreads();
 
     const int rows = min(TH, p.oh - y0), cols = min(TW, p.ow - x0), images = min(IMG, p.n - n0);

@@ -31,11 +31,12 @@ class CudaBackend(Backend):
     def refusals(self, call):
         out = common_refusals(call, (self.device_type,), DTYPES, MAX_KERNEL)
         if not out:
-            # The launchers' own tile choice, evaluated without launching: a call whose tiles do not fit this
-            # GPU's shared memory is refused here (so the dispatcher picks another backend), not mid-call.
+            # The launchers' own tile choice for this batch, evaluated without launching: a call whose tiles do
+            # not fit this GPU's shared memory is refused here (so the dispatcher picks another backend), not
+            # mid-call.
             config = self.module().cuda_tile_config(call.pass_name, call.h, call.w, call.kh, call.kw,
                                                     list(call.padding), call.channels_last,
-                                                    2 if call.dtype.itemsize == 2 else 4)
+                                                    2 if call.dtype.itemsize == 2 else 4, min(call.n, (1 << 30) - 1))
             if config["refusal"]:
                 out.append(config["refusal"])
         return out
