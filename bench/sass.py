@@ -258,6 +258,9 @@ class KernelReport:
     edge_ffma_share: float = 0.0
     # Instructions from the first shuffle of the kernel to the shared-memory stores that follow it (the dense
     # weight gradient's per-offset reduce-scatter and stores); 0 where there is no shuffle.
+    # FFMA share of the densest innermost loop with each count of FFMAs (the correlation's K-row strip-edge loops
+    # issue 32 K per iteration).
+    ffma_share_by_count: Dict[int, float] = field(default_factory=dict)
     shuffle_to_store: int = 0
     # Instructions per loaded element of the innermost loop that loads from global and stores to shared memory
     # without multiply-adds (a kernel's loader), per element of each tensor it loads; 0 where there is none.
@@ -283,6 +286,10 @@ def kernel_reports(arch: str, cubins: Sequence[str]) -> List[KernelReport]:
                 if with_ffma:
                     edge = min(with_ffma, key=lambda lp: (lp.mix["FFMA"], -lp.mix["FFMA"] / lp.size))
                     rep.edge_ffma_share = edge.mix["FFMA"] / edge.size
+                    for lp in with_ffma:
+                        count = lp.mix["FFMA"]
+                        rep.ffma_share_by_count[count] = max(rep.ffma_share_by_count.get(count, 0.0),
+                                                             count / lp.size)
             else:
                 rep.note = "no loop with math instructions"
             rep.shuffle_to_store = shuffle_to_store(instrs)
@@ -322,16 +329,18 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def correlate_work(cfg: Dict, src_h: int, src_w: int, out_h: int, out_w: int, khc: int, kwc: int, off_t: int,
-                   off_l: int) -> Tuple[int, int]:
-    """(steady, edge) multiply-add slots one plane group of the CUDA correlation issues, following the kernel's
-    own walk (csrc/cuda/correlate_kernel.cu): per thread the source rows inside the map and the chunks of 4
-    taps whose 7 source columns touch it; a warp issues for 32 lanes as long as its busiest lane. `off_t` and
-    `off_l` are for the cropped filter."""
+                   off_l: int) -> Tuple[int, Dict[int, int]]:
+    """(steady, {K: edge}) multiply-add slots one plane group of the CUDA correlation issues, following the
+    kernel's own walk (csrc/cuda/correlate_kernel.cu): per thread the source rows inside the map and the chunks
+    of 4 taps whose 7 source columns touch it; a strip-edge step runs its K rows with a filter row in one K-row
+    loop when they are the thread's first or last rows, else one row at a time (K = 1); a warp issues for 32
+    lanes as long as its busiest lane. `off_t` and `off_l` are for the cropped filter."""
     ry, lanes_x, thread_rows, planes = cfg["rows_per_thread"], cfg["tile_w"] // 4, cfg["thread_rows"], cfg["planes"]
     th, tw = thread_rows * ry, lanes_x * 4
     chunks = _ceil_div(kwc, 4)
     last = kwc - (chunks - 1) * 4
-    steady = edge = 0
+    steady = 0
+    edges: Dict[int, int] = {}
     for y0 in range(0, out_h, th):
         for x0 in range(0, out_w, tw):
             lanes = []
@@ -339,23 +348,29 @@ def correlate_work(cfg: Dict, src_h: int, src_w: int, out_h: int, out_w: int, kh
                 for ly in range(thread_rows):
                     top = off_t - y0 - ly * ry
                     t_lo, t_hi = max(0, top), min(ry + khc - 1, top + src_h)
-                    rows_s = rows_e = 0
+                    rows_s = 0
+                    rows_e: Dict[int, int] = {}
                     for t in range(t_lo, t_hi):
-                        valid = min(ry - 1, t) - max(0, t - khc + 1) + 1
+                        r_lo, r_hi = max(0, t - khc + 1), min(ry - 1, t)
+                        valid = r_hi - r_lo + 1
+                        if valid <= 0:
+                            continue
                         if ry - 1 <= t < khc:
                             rows_s += valid
                         else:
-                            rows_e += valid
+                            k = valid if r_lo == 0 or r_hi == ry - 1 else 1
+                            rows_e[k] = rows_e.get(k, 0) + valid
                     for lx in range(lanes_x):
                         left = x0 + lx * 4 - off_l
                         ch_lo, ch_hi = max(0, _ceil_div(-left - 6, 4)), min(chunks, _ceil_div(src_w - left, 4))
                         taps = 0 if ch_lo >= ch_hi else (ch_hi - ch_lo) * 4 - (4 - last if ch_hi == chunks else 0)
-                        lanes.append((rows_s * taps * 4, rows_e * taps * 4))
+                        lanes.append((rows_s * taps * 4, {k: v * taps * 4 for k, v in rows_e.items()}))
             for i in range(0, len(lanes), 32):
                 warp = lanes[i:i + 32]
                 steady += 32 * max(s for s, _ in warp)
-                edge += 32 * max(e for _, e in warp)
-    return steady, edge
+                for k in {k for _, e in warp for k in e}:
+                    edges[k] = edges.get(k, 0) + 32 * max(e.get(k, 0) for _, e in warp)
+    return steady, edges
 
 
 def correlate_loads(cfg: Dict, src_h: int, out_h: int, out_w: int, khc: int, kwc: int, off_t: int) -> int:
@@ -533,16 +548,16 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
                 tw, ry, planes, rows = cfg["tile_w"], cfg["rows_per_thread"], cfg["planes"], cfg["thread_rows"]
                 off = (pad[0], pad[1]) if pass_ == "forward" else (kh - 1 - pad[0], kw - 1 - pad[1])
                 i_lo, j_lo = max(0, off[0] - size + 1), max(0, off[1] - size + 1)
-                steady, edge = correlate_work(cfg, size, size, size, size, khc, kwc, off[0] - i_lo, off[1] - j_lo)
+                steady, edges = correlate_work(cfg, size, size, size, size, khc, kwc, off[0] - i_lo, off[1] - j_lo)
                 groups = n * math.ceil(c / planes)
-                steady, edge = steady * groups, edge * groups
+                steady, edges = steady * groups, {k: v * groups for k, v in edges.items()}
                 loaded = groups * correlate_loads(cfg, size, size, size, khc, kwc, off[0] - i_lo)
-                performed = steady + edge
+                performed = steady + sum(edges.values())
                 config = f"{tw}x{rows * ry} tile, {ry}x4/thread, planes={planes}"
                 key_ints = (ry,)
                 kind = "correlate"
-                ignores = ("the bias/store, memory stalls; strip-edge steps at their own loop's FFMA share; the "
-                           "loaders counted (their loops' instructions per element)")
+                ignores = ("the bias/store, memory stalls; strip-edge steps at their own K-row loop's FFMA share; "
+                           "the loaders counted (their loops' instructions per element)")
             elif cfg["kernel"] == "correlate_dense_kernel":
                 rx = cfg["block_cols"]
                 slots, loaded = dense_correlate_work(cfg, n, c, size, size)
@@ -579,7 +594,9 @@ def cuda_predictions(reports: Sequence[KernelReport], arch: str) -> List[Predict
             occ = occupancy(arch, rep.regs, cfg["smem"] + rep.static_smem, cfg["threads"])
             util = useful / performed
             if kind == "correlate":  # issue time: steady slots at the hot loop's share, edges at theirs, loaders
-                issue = steady / rep.ffma_share + edge / rep.edge_ffma_share + loaded * rep.loader_per_element
+                edge_issue = sum(v / rep.ffma_share_by_count.get(32 * k, rep.edge_ffma_share)
+                                 for k, v in edges.items())
+                issue = steady / rep.ffma_share + edge_issue + loaded * rep.loader_per_element
                 predicted = PEAK_FP32_TFLOPS[arch] * useful / issue
             elif kind == "correlate_dense":  # hot loop at its FFMA share plus the loaders
                 issue = performed / rep.ffma_share + loaded * rep.loader_per_element

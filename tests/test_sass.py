@@ -144,7 +144,9 @@ def test_correlation_work_model_counts_every_useful_tap(size, k, pad, cuda_emu):
     out = size + 2 * pad - k + 1
     khc, kwc = cfg["useful_taps"]
     crop = max(0, pad - out + 1)
-    steady, edge = sass.correlate_work(cfg, size, size, out, out, khc, kwc, pad - crop, pad - crop)
+    steady, edges = sass.correlate_work(cfg, size, size, out, out, khc, kwc, pad - crop, pad - crop)
+    edge = sum(edges.values())
+    assert all(1 <= k < cfg["rows_per_thread"] for k in edges)
     call = ConvCall(1, cfg["planes"], size, size, k, k, (pad,) * 4, (1, 1), (1, 1), torch.device("cpu"),
                     torch.float32, False)
     useful = cfg["planes"] * call.useful_taps()

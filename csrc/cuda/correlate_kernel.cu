@@ -11,10 +11,11 @@
 //    thread of a plane: a broadcast), and issues 16 x RY FFMAs. The filter sits in shared memory chunk-major
 //    ([chunk][row][4]) so the RY filter rows of a step are at compile-time offsets from one pointer, and the
 //    source row at +16 bytes per chunk: no index arithmetic in the loop (predicted FFMA share ~90% at RY = 8).
-//  - Strip edges (steps where some rows have no filter row) are peeled out of the hot loop: each valid row
-//    runs its own one-row chunk loop, so a row without a filter row does no work (and an Inf in the input
-//    cannot become a NaN through a zero tap), and the last chunk of a width that is not a multiple of 4 runs
-//    only its real taps, for the same reason.
+//  - Strip edges (steps where some rows have no filter row) are peeled out of the hot loop: the rows that have
+//    one (the first or the last K of the thread's rows, for filters of RY rows or more) run a K-row chunk loop
+//    that shares the source window, so a row without a filter row does no work (and an Inf in the input cannot
+//    become a NaN through a zero tap), and the last chunk of a width that is not a multiple of 4 runs only its
+//    real taps, for the same reason.
 //  - Padding skipped where it is known: each thread walks only the source rows inside the map and only the
 //    chunks whose 7 source columns touch it; halo rows are not even held in shared memory (`src_rows`). What
 //    remains is the zero halo columns inside a partly real chunk.
@@ -107,6 +108,23 @@ __device__ __forceinline__ void source_row(float (*acc)[kCols], LKCONV_SMEM_PTR(
       if (rem == 1) row_chunk<1>(acc[r], w4, a, b);
       else if (rem == 2) row_chunk<2>(acc[r], w4, a, b);
       else row_chunk<3>(acc[r], w4, a, b);
+    }
+  }
+}
+
+// A strip-edge step whose K rows with a filter row are the first K (TOP) or the last K of the thread's RY rows:
+// source_row<K> on them, sharing each source window across the K rows (K is a run-time value in 1 .. KMAX,
+// dispatched to compile-time instantiations, so the accumulators stay in registers). f points at filter row t,
+// the one output row 0 meets.
+template <int RY, int KMAX, bool TOP, typename S>
+__device__ __forceinline__ void edge_rows(float (&acc)[RY][kCols], int k, LKCONV_SMEM_PTR(const S) src,
+                                          LKCONV_SMEM_PTR(const float) f, int nfull, int rem, int chunk_stride) {
+  if constexpr (KMAX >= 1) {
+    if (k == KMAX) {
+      constexpr int R0 = TOP ? 0 : RY - KMAX;
+      source_row<KMAX>(acc + R0, src, f - kCols * R0, nfull, rem, chunk_stride);
+    } else {
+      edge_rows<RY, KMAX - 1, TOP>(acc, k, src, f, nfull, rem, chunk_stride);
     }
   }
 }
@@ -225,13 +243,23 @@ __global__ void __launch_bounds__(256) correlate_kernel(const CorrelateParams p)
   const int steady_lo = max(t_lo, RY - 1), steady_hi = min(t_hi, khc);
   for (int t = steady_lo; t < steady_hi; ++t)
     source_row<RY>(acc, s_row + t * SC, s_f + t * kCols, nfull, rem, chunk_stride);
-  // Strip edges: only the rows with a filter row, each on its own.
+  // Strip edges: only the rows with a filter row. Those rows are consecutive; when they start at the first row or
+  // end at the last (always, for filters of RY rows or more) they share each source window; otherwise (a
+  // shorter filter) each row runs on its own.
   for (int t = t_lo; t < t_hi; ++t) {
     if (t >= steady_lo && t < steady_hi) continue;
+    const int r_lo = max(0, t - khc + 1), r_hi = min(RY - 1, t);
+    if (r_lo > r_hi) continue;
+    if (r_lo == 0) {
+      edge_rows<RY, RY - 1, true>(acc, r_hi + 1, s_row + t * SC, s_f + t * kCols, nfull, rem, chunk_stride);
+    } else if (r_hi == RY - 1) {
+      edge_rows<RY, RY - 1, false>(acc, RY - r_lo, s_row + t * SC, s_f + t * kCols, nfull, rem, chunk_stride);
+    } else {
 #pragma unroll
-    for (int r = 0; r < RY; ++r)
-      if (t - r >= 0 && t - r < khc)
-        source_row<1>(acc + r, s_row + t * SC, s_f + (t - r) * kCols, nfull, rem, chunk_stride);
+      for (int r = 1; r < RY - 1; ++r)
+        if (r >= r_lo && r <= r_hi)
+          source_row<1>(acc + r, s_row + t * SC, s_f + (t - r) * kCols, nfull, rem, chunk_stride);
+    }
   }
 
   const int c = c0 + pl;
