@@ -73,13 +73,13 @@ def _order(call: ConvCall) -> List[str]:
 #: under the CUDA emulation, the Triton and tensor-core kernels under the interpreter); no GPU has measured them,
 #: so the static prediction of `python -m bench.sass` (bench/results/sass-static.json) decides until
 #: measurements exist. The CUDA-core kernels go before the CUDA-core Triton kernels unless those are predicted
-#: TRITON_MARGIN times faster, which they are nowhere: 1.23x faster at 28x28 k29 forward (less than what the
+#: TRITON_MARGIN times faster, which they are nowhere: 1.25x faster at 28x28 k29 forward (less than what the
 #: two models leave out differently: the CUDA one counts its loaders, the Triton one not its band table, padded
 #: copies and outer loop) to 36x slower (the Triton GEMMs spend FMAs on the Toeplitz/Hankel zeros, most on 7x7
 #: maps and in the weight gradient, where the CUDA kernels' dense pixel-pair walks spend none). The tensor-core
 #: kernels (16-bit, or float32 once the user opts in to TF32) beat the CUDA-core kernels where the
 #: Toeplitz/Hankel tiles are mostly useful work: forward and backward-input on maps of 14 and more with a filter
-#: side of 27 and more (bf16 56x56 k31: 206 vs 36; 14x14 k27: 126 vs 55; 51x5: 200 vs 38; TF32 14x14 k27: 85 vs
+#: side of 27 and more (bf16 56x56 k31: 206 vs 39; 14x14 k27: 126 vs 55; 51x5: 200 vs 39; TF32 14x14 k27: 85 vs
 #: 55), not on 7x7 maps (bf16 7x7 k13: 18 vs 42), and the weight gradient on maps of 28 and more with a filter
 #: side of 27 and more in 16 bits (56x56 k31 bf16: 103 vs 39; 51x5: 35 vs 22, on 64x16 tap blocks), both sides
 #: in TF32 (51x5 TF32: 18 vs 23), not on a 14x14 map (bf16: 21 vs 47). Outside
