@@ -256,14 +256,14 @@ class KernelReport:
     ffma_share: float = 0.0  # FFMA share of the hot loop's issued instructions
     # FFMA share of the innermost loop with the fewest FFMAs (the correlation's one-row strip-edge loop)
     edge_ffma_share: float = 0.0
-    # Instructions from the first shuffle of the kernel to the shared-memory stores that follow it (the dense
-    # weight gradient's per-offset reduce-scatter and stores); 0 where there is no shuffle.
     # FFMA share of the densest innermost loop with each count of FFMAs (the correlation's K-row strip-edge loops
     # issue 32 K per iteration).
     ffma_share_by_count: Dict[int, float] = field(default_factory=dict)
+    # Instructions from the first shuffle of the kernel to the shared-memory stores that follow it (a
+    # reduce-scatter and its stores); 0 where there is no shuffle.
     shuffle_to_store: int = 0
-    # Instructions per loaded element of the innermost loop that loads from global and stores to shared memory
-    # without multiply-adds (a kernel's loader), per element of each tensor it loads; 0 where there is none.
+    # Instructions per element stored by the kernel's loaders (innermost loops that load from global and store to
+    # shared memory without multiply-adds): the most of any of them; 0 where there is none.
     loader_per_element: float = 0.0
     note: str = ""
     config: Dict[str, int] = field(default_factory=dict)  # Triton: block sizes and num_warps

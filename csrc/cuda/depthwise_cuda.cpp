@@ -156,9 +156,8 @@ TileConfig tile_config(const std::string& pass, int64_t h, int64_t w, int64_t kh
   const int64_t oh = out_len(h, kh, padding[0], padding[1]), ow = out_len(w, kw, padding[2], padding[3]);
   if (oh < 1 || ow < 1) return {};
   const int es = static_cast<int>(element_size);
-  // Without a batch (0) the configuration assumes images enough (a smaller batch only shrinks a tile or keeps
-  // the tile kernels instead of the dense ones, whose fallback is never refused where they are not, so a call
-  // that is not refused here runs).
+  // The batch decides between the dense kernels and the tile kernels (and the weight gradient's images per
+  // tile), so the backend passes the call's own; without one (0) the configuration assumes images enough.
   TORCH_CHECK(batch >= 0 && batch < (1 << 30), "lkconv cuda: batch ", batch);
   const int n = batch ? static_cast<int>(batch) : 1 << 20;
   if (pass == "forward")
