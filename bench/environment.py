@@ -99,7 +99,10 @@ def describe_environment(device: torch.device, measure_cpu: bool = True) -> Dict
     else:
         env["device"] = f"CPU: {env['cpu']} ({env['cpu_threads']} threads)"
     if device.type == "cpu" and measure_cpu:
+        from .timing import steady_allocator
+
         env["load_average_before"] = f"{load_average():.2f}"
+        env["allocator"] = steady_allocator()
         if _ext._C is not None and hasattr(_ext._C, "cpu_fma_peak_gflops"):
             # The machine's float32 FMA peak over torch's threads (a short loop of independent FMA chains in the
             # instruction set lkconv picked), the denominator of the "% of peak" columns.
