@@ -280,6 +280,31 @@ def test_every_width_and_height_cpu(kernel, algorithm):
                 assert_within_torch_error(o, t, r, f"{h}x{w} {name}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("view", ["planes", "column_slice", "channel_slice"])
+@pytest.mark.parametrize("size", [(7, 7), (14, 14), (5, 33), (28, 3)], ids=str)
+def test_channel_cores_transpose_nchw_groups(size, view, dtype):
+    """NCHW sources and outputs reach the channel cores through L x L transposes in registers (lane_transpose.h):
+    whole planes as one run where a channel's rows are contiguous, row by row otherwise (a column slice), whole
+    and partial groups of channels (16 + 4 float32 lanes, 8 + 8 + 4 float64), runs that are and are not a
+    multiple of L values; forward (with bias) and every gradient."""
+    from lkconv.backends.cpu import cpu_algorithm
+
+    h, w = size
+    big = torch.randn(2, 24, h, w + 2, dtype=dtype)
+    x = {"planes": big[..., :w].contiguous(), "column_slice": big[..., 1:w + 1],
+         "channel_slice": big[:, 2:22, :, :w].contiguous()[:, :20]}[view]
+    c = x.shape[1]
+    wt, b, g = torch.randn(c, 1, 5, 3, dtype=dtype), torch.randn(c, dtype=dtype), torch.randn(x.shape, dtype=dtype)
+    with lkconv.use_backend("cpu"), cpu_algorithm("channels"):
+        ours = conv_with_grads(x, wt, b, g, padding=(2, 1), fn=lambda *a: lkconv.depthwise_conv2d(*a))
+    assert ours[0].is_contiguous()
+    ref = conv_with_grads(x.double(), wt.double(), b.double(), g.double(), padding=(2, 1), fn=unfold_conv)
+    theirs = conv_with_grads(x, wt, b, g, padding=(2, 1))
+    for name, o, t, r in zip(("output", "grad_input", "grad_weight", "grad_bias"), ours, theirs, ref):
+        assert_within_torch_error(o, t, r, f"{size} {view} {name}")
+
+
 @pytest.mark.parametrize("kernel,padding", [((3, 3), "same"), ((5, 5), "same"), ((7, 5), "same"), ((3, 3), 0),
                                             ((5, 3), (1, 2)), ((2, 4), (0, 3))], ids=str)
 @pytest.mark.parametrize("view", ["dense", "channel_slice"])

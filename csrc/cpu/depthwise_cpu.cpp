@@ -200,6 +200,18 @@ template <>
 ChannelsWgradFn<double> channels_wgrad_fn<double>() { return plane_kernels().channels_wgrad_f64; }
 template <typename T>
 int64_t lanes() { return std::is_same<T, double>::value ? plane_kernels().lanes_f64 : plane_kernels().lanes_f32; }
+template <typename T>
+PackLanesFn<T> pack_lanes_fn();
+template <>
+PackLanesFn<float> pack_lanes_fn<float>() { return plane_kernels().pack_lanes_f32; }
+template <>
+PackLanesFn<double> pack_lanes_fn<double>() { return plane_kernels().pack_lanes_f64; }
+template <typename T>
+UnpackLanesFn<T> unpack_lanes_fn();
+template <>
+UnpackLanesFn<float> unpack_lanes_fn<float>() { return plane_kernels().unpack_lanes_f32; }
+template <>
+UnpackLanesFn<double> unpack_lanes_fn<double>() { return plane_kernels().unpack_lanes_f64; }
 
 // dst pixel p = src pixel p (L values each), pixels dst_px / src_px elements apart, for p < count. The copy
 // size is a compile-time constant per case, so each pixel is a few vector moves (a copy loop over a run-time
@@ -291,6 +303,9 @@ void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, con
   S* op = out.data_ptr<S>();
   const auto ss = src.strides(), os = out.strides();
   const ChannelsFn<T> correlate = channels_fn<T>();
+  const PackLanesFn<T> pack = pack_lanes_fn<T>();
+  const UnpackLanesFn<T> unpack = unpack_lanes_fn<T>();
+  constexpr bool same_type = std::is_same<S, T>::value;
   // Read in place where every vector of channels is whole and contiguous (channels_last, compute type, C a
   // multiple of L): see read_in_place for when that beats gathering.
   const bool in_place_src = std::is_same<S, T>::value && ss[1] == 1 && C % L == 0 && khc > 0 && kwc > 0 &&
@@ -319,11 +334,12 @@ void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, con
   at::parallel_for(0, N * groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> sbuf(in_place_src ? 0 : std::max<int64_t>(Hc, 1) * cols * L, T(0)), obuf(OH * OW * L),
         wbuf(group_taps);
+    std::vector<T> flat(same_type && !in_place_src && ss[1] != 1 && ss[3] == 1 && ss[2] == Wc ? Hc * Wc * L : 0);
     int64_t prepared = -1;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t group = task / N, n = task % N, c0 = group * L, g_count = std::min(L, C - c0);
       // A whole vector of channels in the compute type: copied (or written) as vectors, not value by value.
-      const bool whole_vectors = g_count == L && std::is_same<S, T>::value;
+      const bool whole_vectors = g_count == L && same_type;
       if (group != prepared && khc > 0 && kwc > 0) prepare_filter(group, wbuf.data()), prepared = group;
       const S* s = sp + n * ss[0] + c0 * ss[1] + skip_r * ss[2] + skip_c * ss[3];
       if (khc > 0 && kwc > 0 && !in_place_src) {
@@ -339,6 +355,17 @@ void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, con
               T* d = sbuf.data() + (r * cols + bl + c) * L;
               for (int64_t g = 0; g < g_count; ++g) d[g] = static_cast<T>(px[g]);
             }
+        } else if (same_type && ss[3] == 1 && ss[2] == Wc) {
+          // Whole NCHW planes: one run of Hc * Wc values per channel, transposed L channels x L values at a time
+          // (row by row, a 7- or 14-wide row would be all tail), then moved into the bordered rows.
+          pack(reinterpret_cast<const T*>(s), ss[1], static_cast<int>(g_count), static_cast<int>(Hc * Wc),
+               flat.data());
+          for (int64_t r = 0; r < Hc; ++r)
+            std::memcpy(sbuf.data() + (r * cols + bl) * L, flat.data() + r * Wc * L, Wc * L * sizeof(T));
+        } else if (same_type && ss[3] == 1) {  // NCHW rows: L rows at a time, transposed in registers
+          for (int64_t r = 0; r < Hc; ++r)
+            pack(reinterpret_cast<const T*>(s) + r * ss[2], ss[1], static_cast<int>(g_count),
+                 static_cast<int>(Wc), sbuf.data() + (r * cols + bl) * L);
         } else {
           for (int64_t g = 0; g < g_count; ++g)
             for (int64_t r = 0; r < Hc; ++r) {
@@ -365,6 +392,12 @@ void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, con
             S* d = o + y * os[2] + x * os[3];
             for (int64_t g = 0; g < g_count; ++g) d[g] = static_cast<S>(v[g]);
           }
+      } else if (same_type && os[3] == 1 && os[2] == OW) {  // whole NCHW planes: one run of OH * OW values
+        unpack(obuf.data(), static_cast<int>(g_count), static_cast<int>(OH * OW), reinterpret_cast<T*>(o), os[1]);
+      } else if (same_type && os[3] == 1) {
+        for (int64_t y = 0; y < OH; ++y)
+          unpack(obuf.data() + y * OW * L, static_cast<int>(g_count), static_cast<int>(OW),
+                 reinterpret_cast<T*>(o) + y * os[2], os[1]);
       } else {
         for (int64_t g = 0; g < g_count; ++g)
           for (int64_t y = 0; y < OH; ++y) {

@@ -27,6 +27,13 @@ using ChannelsWgradFn = bool (*)(const T* img, int64_t img_row, int64_t img_px, 
                                  int64_t g_row, int64_t g_px, int ow, int top, int left, int k, T* res, int y_lo,
                                  int y_hi);
 
+// Between an NCHW channel group and pixels of `lanes` channels (lane_transpose.h): pack writes dst[x * lanes + g] =
+// src[g * src_row + x] (lanes from count on zero), unpack writes dst[g * dst_row + x] = src[x * lanes + g].
+template <typename T>
+using PackLanesFn = void (*)(const T* src, int64_t src_row, int count, int n, T* dst);
+template <typename T>
+using UnpackLanesFn = void (*)(const T* src, int count, int n, T* dst, int64_t dst_row);
+
 struct PlaneKernels {
   const char* isa;
   CorrelateFn<float> correlate_f32;
@@ -40,6 +47,10 @@ struct PlaneKernels {
   ChannelsWgradFn<double> channels_wgrad_f64;
   int channels_wgrad_max_k;
   double (*fma_loop_f32)(int64_t iters);  // 12 chains x lanes_f32 x 2 FLOP per iteration
+  PackLanesFn<float> pack_lanes_f32;
+  PackLanesFn<double> pack_lanes_f64;
+  UnpackLanesFn<float> unpack_lanes_f32;
+  UnpackLanesFn<double> unpack_lanes_f64;
 };
 
 // The fastest table this CPU can run (chosen once, from cpuid).
