@@ -103,36 +103,38 @@ def test_a_backend_that_declines_a_call_is_noted_as_refused_not_failed(tmp_path)
 
 
 _FAULTS = """
-import resource, sys, torch
+import resource, sys, torch, torch.nn.functional as F
 from bench.timing import steady_allocator
 if sys.argv[1] == "steady":
     assert steady_allocator().startswith("glibc"), steady_allocator()
-def run():  # two 4 MiB buffers, touched and freed, as a call with a large output and a scratch copy does
-    a, b = torch.empty(2**20), torch.empty(2**20)
-    a.fill_(1.0), b.fill_(1.0)
+torch.set_num_threads(2)
+x, w = torch.randn(4, 256, 28, 28), torch.randn(256, 1, 3, 3)
 for _ in range(3):
-    run()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(50):
-    run()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    F.conv2d(x, w, None, 1, 1, 1, 256)
+faulting = 0  # calls that page-faulted a quarter of their 3 MiB output or more afresh
+for _ in range(20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    F.conv2d(x, w, None, 1, 1, 1, 256)
+    faulting += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before >= 192
+print(faulting)
 """
 
 
 def test_cpu_timing_holds_the_allocator_steady():
-    """With glibc's default thresholds this pattern hands the freed blocks back to the kernel and page-faults
-    them afresh (PyTorch's NCHW depthwise forward measured 15x slower that way); the timings must not."""
+    """With glibc's default thresholds PyTorch's NCHW depthwise forward (oneDNN: output, reorder buffers) hands
+    freed blocks back to the kernel and page-faults them afresh on some calls (measured up to 15x slower that
+    way); under the timings' allocator it must not."""
     import platform
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
 
-    def faults(mode):
+    def faults(mode):  # how many of 20 calls page-faulted their buffers
         out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         return int(out.stdout.split()[-1])
 
     default = faults("default")
-    if default < 500:
-        pytest.skip(f"this glibc keeps the blocks by itself ({default} faults)")
-    assert faults("steady") < 64
+    if default < 2:
+        pytest.skip(f"this run kept the blocks by itself ({default} of 20 calls faulted)")
+    assert faults("steady") <= 1  # a one-off (the heap growing once) is not the per-call cost
