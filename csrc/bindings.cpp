@@ -14,8 +14,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_backward_weight", &lkconv::cpu::backward_weight, "depthwise backward-weight, CPU",
         py::arg("grad_output"), py::arg("input"), py::arg("kh"), py::arg("kw"), py::arg("padding"));
   m.def("cpu_channels_read_in_place", &lkconv::cpu::channels_read_in_place,
-        "whether the channel cores read a channels_last source in place for this filter width, map width and batch",
-        py::arg("kw"), py::arg("width"), py::arg("images"));
+        "whether the channel cores read a channels_last source in place for this filter width, map width, batch and "
+        "distance between image rows in bytes", py::arg("kw"), py::arg("width"), py::arg("images"),
+        py::arg("row_bytes"));
+  m.def("cpu_prefers_channel_cores", &lkconv::cpu::prefers_channel_cores,
+        "whether an automatic forward/backward-input runs on the channel-vectorised cores (else the plane cores) "
+        "for this source layout, output width and filter width", py::arg("channels_last"), py::arg("out_width"),
+        py::arg("kw"));
   m.def("cpu_fma_peak_gflops", &lkconv::cpu::fma_peak_gflops, "measured float32 FMA peak over torch's threads",
         py::arg("seconds") = 0.5);
   m.def("cpu_channel_lanes", [] { return lkconv::cpu::plane_kernels().lanes_f32; },

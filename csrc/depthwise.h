@@ -14,7 +14,8 @@ at::Tensor backward_weight(const at::Tensor& grad_out, const at::Tensor& input, 
                            at::IntArrayRef padding);
 // Whether the channel cores read a channels_last source in place (rather than gathering it) for a filter kw
 // taps wide (after cropping) on a batch of `images` maps `width` pixels wide, when nothing forces a choice.
-bool channels_read_in_place(int64_t kw, int64_t width, int64_t images);
+bool channels_read_in_place(int64_t kw, int64_t width, int64_t images, int64_t row_bytes);
+bool prefers_channel_cores(bool channels_last, int64_t out_width, int64_t kw);
 // Measured float32 FMA peak of this machine's picked instruction set over torch's threads, GFLOP/s.
 double fma_peak_gflops(double seconds);
 }  // namespace cpu

@@ -58,9 +58,19 @@ def test_measured_cpu_rule_per_pass(monkeypatch):
         assert "forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in text
     nchw = large.contiguous()
     assert "forward -> cpu, backward_input -> cpu, backward_weight -> cpu" in lkconv.explain(
-        nchw, torch.randn(128, 1, 3, 3), padding=1)  # PyTorch's NCHW weight gradient is 8x slower at 56x56
+        nchw, torch.randn(128, 1, 3, 3), padding=1)  # 56x56: on par with PyTorch's NCHW kernels
     assert "backward_weight -> torch" in lkconv.explain(nchw[:, :, :14, :14], torch.randn(128, 1, 3, 3), padding=1)
-    assert "backward_weight -> cpu" in lkconv.explain(nchw[:, :, :28, :28], torch.randn(128, 1, 3, 3), padding=1)
+    assert "backward_weight -> torch" in lkconv.explain(nchw[:, :, :28, :28], torch.randn(128, 1, 3, 3), padding=1)
+    assert "backward_weight -> cpu" in lkconv.explain(nchw[:1, :, :28, :28], torch.randn(128, 1, 3, 3), padding=1)
+    # NCHW forwards: oneDNN for 3x3/5x5 on mid-sized maps of large activations whose rows are not whole vectors.
+    stage2 = torch.randn(4, 256, 28, 28)
+    text = lkconv.explain(stage2, torch.randn(256, 1, 5, 5), padding=2)
+    assert "forward -> torch, backward_input -> cpu" in text and "oneDNN (torch backend) is faster for NCHW" in text
+    lanes = lkconv._ext._C.cpu_channel_lanes()
+    whole = torch.randn(4, 256, 2 * lanes, 2 * lanes)
+    for x, k in ((stage2, 7), (stage2[:1], 3), (stage2.contiguous(memory_format=torch.channels_last), 3),
+                 (whole, 3), (torch.randn(4, 256, 14, 14), 3)):
+        assert "forward -> cpu" in lkconv.explain(x, torch.randn(256, 1, k, k), padding=k // 2), (x.shape, k)
     monkeypatch.setattr(cpu, "ONEDNN_CHANNELS_LAST", ((3, 1_000_000),))
     text = lkconv.explain(large, torch.randn(128, 1, 3, 3), padding=1)
     assert "forward -> torch, backward_input -> torch, backward_weight -> cpu" in text and "oneDNN" in text
@@ -70,11 +80,10 @@ def test_measured_cpu_rule_per_pass(monkeypatch):
 
 
 def test_cpu_rule_follows_its_evidence():
-    """Every channels_last row of bench/results/cpu-rules.json (all three passes) where one side is more than 15%
-    faster: the rule sends that call to it (PyTorch = the torch backend, else lkconv's faster core). NCHW rows
-    are not held to it: PyTorch's NCHW depthwise kernels change algorithm with the channel count and swing up to
-    10x between runs of one shape (its 3x3 weight gradient on a 28x28 map: 0.14-1.3 ms), so the NCHW rules follow
-    the consistent part of the evidence (see ONEDNN_WEIGHT_GRAD and test_measured_cpu_rule_per_pass)."""
+    """Every row of bench/results/cpu-rules.json (both layouts, all three passes) where one side is more than 15%
+    faster: the rule sends that call to it (PyTorch = the torch backend, else lkconv's faster core). The NCHW rows
+    count since the timings hold glibc's allocator steady (bench.timing.steady_allocator): before, PyTorch's NCHW
+    kernels swung up to 15x between runs of one shape with the page faults of their buffers."""
     import json
     import os
 
@@ -84,7 +93,10 @@ def test_cpu_rule_follows_its_evidence():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "results",
                         "cpu-rules.json")
     with open(path) as f:
-        rows = [r for r in json.load(f)["rows"] if r["layout"] == "channels_last"]
+        data = json.load(f)
+    assert data["environment"].get("allocator", "").startswith("glibc"), "evidence without a steady allocator"
+    rows = data["rows"]
+    assert {r["layout"] for r in rows} == {"nchw", "channels_last"}
     assert {r["k"] for r in rows} >= {3, 5, 7, 9, 13}
     assert {r["pass"] for r in rows} == {"forward", "backward_input", "backward_weight"}
     for r in rows:
@@ -115,12 +127,35 @@ def test_channel_cores_read_in_place_where_their_evidence_says():
     assert all(r.get("in_place_ms") for r in rows), "the evidence predates the in-place reading: re-measure"
     for r in rows:
         cropped = min(r["k"], 2 * r["size"] - 1)  # the taps that can touch the map ("same" padding)
-        in_place = _ext._C.cpu_channels_read_in_place(cropped, r["size"], r["n"])
+        in_place = _ext._C.cpu_channels_read_in_place(cropped, r["size"], r["n"], r["size"] * r["c"] * 4)
         where = f"{r['pass']} n={r['n']} c={r['c']} {r['size']}x{r['size']} k={r['k']}"
         if r["in_place_ms"] * 1.15 < r["channels_ms"]:
             assert in_place, f"{where}: in place {r['in_place_ms']:.3f} ms vs gathered {r['channels_ms']:.3f} ms"
         elif r["channels_ms"] * 1.15 < r["in_place_ms"]:
             assert not in_place, f"{where}: gathered {r['channels_ms']:.3f} ms vs in place {r['in_place_ms']:.3f} ms"
+
+
+def test_nchw_core_choice_follows_its_evidence():
+    """Every NCHW forward/input-gradient row of bench/results/cpu-rules.json where the plane cores or the channel
+    cores are more than 15% faster: the automatic choice (`prefer_channels` in csrc/cpu/depthwise_cpu.cpp) picks
+    that one."""
+    import json
+    import os
+
+    from lkconv import _ext
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "results",
+                        "cpu-rules.json")
+    with open(path) as f:
+        rows = [r for r in json.load(f)["rows"] if r["layout"] == "nchw" and r["pass"] != "backward_weight"]
+    assert {r["size"] for r in rows} >= {7, 14, 28, 56}
+    for r in rows:
+        channels = _ext._C.cpu_prefers_channel_cores(False, r["size"], r["k"])
+        where = f"{r['pass']} n={r['n']} c={r['c']} {r['size']}x{r['size']} k={r['k']}"
+        if r["channels_ms"] * 1.15 < r["planes_ms"]:
+            assert channels, f"{where}: channel cores {r['channels_ms']:.3f} ms vs planes {r['planes_ms']:.3f} ms"
+        elif r["planes_ms"] * 1.15 < r["channels_ms"]:
+            assert not channels, f"{where}: planes {r['planes_ms']:.3f} ms vs channel cores {r['channels_ms']:.3f} ms"
 
 
 def test_use_backend_forces_and_restores():

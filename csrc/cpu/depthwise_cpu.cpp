@@ -243,15 +243,16 @@ enum Algorithm : int64_t { kAuto = 0, kPlanes = 1, kChannels = 2, kChannelsInPla
 // memory nearly in order, every channel group per band of rows) but computes the columns within kw - 1 of the
 // image's edges apart, as straight-line blocks for 3x3 and 5x5 "same" filters and one column at a time otherwise.
 // Measured (float32, 2 threads, `python -m bench.cpu_rules`, bench/results/cpu-rules.json): in place is faster
-// for 3-wide filters on maps of 28 and more or batches of 4 (1.3-1.8x at 56x56), for 5-wide filters on maps of
-// 56 or of 14 and more with batches of 4, for 7-wide filters on maps of 56; gathering stays ahead for small maps
-// of one image (0.6-0.8x in place at 7x7 and 14x14) and for wider filters and smaller maps (in place: down to
-// 0.4x at 7x7, where most columns are edge columns). Calls of 0.01-0.03 ms, where the two are within noise of each other, decide the
-// borders.
-bool read_in_place(int64_t algorithm, int64_t kw, int64_t wimg, int64_t images) {
+// for 3-wide filters on maps of 28 and more or batches of 4 (1.3-1.6x at 56x56), for 5-wide filters on maps of
+// 28 and more or of 14 and more with batches of 4 (1.1-1.4x) unless the image rows are a multiple of 4 KiB apart
+// (512 channels of a 14-wide map: the five rows of a window fall into the same L1 sets, 0.82-0.92x in place), for
+// 7-wide filters on maps of 56; gathering stays ahead for small maps of one image (0.6-0.9x in place at 7x7 and
+// 14x14) and for wider filters and smaller maps (in place: down to 0.35x at 7x7, where most columns are edge
+// columns). Calls of 0.01-0.03 ms, where the two are within noise of each other, decide the borders.
+bool read_in_place(int64_t algorithm, int64_t kw, int64_t wimg, int64_t images, int64_t row_bytes) {
   if (algorithm != kAuto) return algorithm == kChannelsInPlace;
   if (kw <= 3) return wimg >= 28 || images >= 4;
-  if (kw <= 5) return wimg >= 56 || (wimg >= 14 && images >= 4);
+  if (kw <= 5) return wimg >= 28 || (wimg >= 14 && images >= 4 && row_bytes % 4096 != 0);
   if (kw <= 7) return wimg >= 56;  // 0.96-1.18x
   return false;
 }
@@ -309,7 +310,8 @@ void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, con
   // Read in place where every vector of channels is whole and contiguous (channels_last, compute type, C a
   // multiple of L): see read_in_place for when that beats gathering.
   const bool in_place_src = std::is_same<S, T>::value && ss[1] == 1 && C % L == 0 && khc > 0 && kwc > 0 &&
-                            Hc > 0 && Wc > 0 && read_in_place(algorithm, kwc, Wc, N);
+                            Hc > 0 && Wc > 0 &&
+                            read_in_place(algorithm, kwc, Wc, N, ss[2] * static_cast<int64_t>(sizeof(T)));
   if (in_place_src && os[1] == 1) {
     // Both tensors in place: a band of output rows at a time, every channel group in turn. A pixel's groups are
     // neighbouring cache lines, so the calls walk memory nearly in order, where group by group each pass over
@@ -412,12 +414,13 @@ void correlate_channels_all(const at::Tensor& src, const at::Tensor& filter, con
 
 
 // The channel-vectorised cores win (measured, float32, 2 threads, N = 1 and 4: bench/results/cpu-rules.json) for
-// channels_last sources at every measured shape (their gather is a plain copy), and for NCHW sources where the
-// plane cores' rows are short or their filter rows long: maps up to 14 wide, up to 28 wide from 13-wide
-// kernels on (RepLKNet stages 2-4), and kernels 31 or more wide. NCHW 28x28 maps under 3x3-7x7 kernels and
-// 56x56 maps under kernels up to 13 wide (and 51x5) stay on the plane cores.
+// channels_last sources at every measured shape (their gather is a plain copy), and for NCHW sources (taken
+// through L x L register transposes, lane_transpose.h) on maps up to 14 wide (1.3-4x), on 28-wide maps from 5x5
+// on (1.2-1.6x; 3x3 within 5% either way), on 56-wide maps from 9x9 on (1.0-1.3x) and under kernels 31 or more
+// wide on any map. The plane cores keep 56x56 maps under 3x3-7x7 kernels (1.0-1.4x) and wider maps under
+// kernels up to 29 (unmeasured above 56, where the plane cores' rows only get longer).
 bool prefer_channels(bool channels_fastest, int64_t ow, int64_t kw) {
-  return channels_fastest || ow <= 14 || (ow <= 28 && kw >= 13) || kw >= 31;
+  return channels_fastest || ow <= 14 || (ow <= 28 && kw >= 5) || (ow <= 56 && kw >= 9) || kw >= 31;
 }
 
 template <typename S>
@@ -636,8 +639,12 @@ at::Tensor backward_weight(const at::Tensor& grad_out, const at::Tensor& input, 
   return grad_w;
 }
 
-bool channels_read_in_place(int64_t kw, int64_t width, int64_t images) {
-  return read_in_place(kAuto, kw, width, images);
+bool channels_read_in_place(int64_t kw, int64_t width, int64_t images, int64_t row_bytes) {
+  return read_in_place(kAuto, kw, width, images, row_bytes);
+}
+
+bool prefers_channel_cores(bool channels_last, int64_t out_width, int64_t kw) {
+  return prefer_channels(channels_last, out_width, kw);
 }
 
 double fma_peak_gflops(double seconds) {
