@@ -38,9 +38,9 @@ def cpu_algorithm(name: str) -> Iterator[None]:
 #: (largest kernel side, smallest N*C*H*W): channels_last float32 forward and backward-input calls with kernels
 #: up to that side over activations at least that large go to oneDNN (the torch backend). Empty since the channel
 #: cores read channels_last sources in place (csrc/cpu/depthwise_cpu.cpp, `read_in_place`): measured
-#: (bench/results/cpu-rules.json), lkconv's best core is faster at every shape (1.03-2.7x at 3x3 and 5x5, forward
-#: and input gradient; before, oneDNN's sweep over all channels of a pixel row beat the cores' gathered copies of 16
-#: channels at a time for 3x3/5x5 kernels over activations of 0.7M/1.0M values and more). A test holds this table
+#: (bench/results/cpu-rules.json), lkconv's best core is on par or faster at every shape (0.99-3.2x at 3x3 and
+#: 5x5, forward and input gradient; before, oneDNN's sweep over all channels of a pixel row beat the cores'
+#: gathered copies of 16 channels at a time for 3x3/5x5 kernels over activations of 0.7M/1.0M values and more). A test holds this table
 #: to its evidence file: every row where oneDNN is more than 15% faster must be routed to it.
 ONEDNN_CHANNELS_LAST: tuple = ()
 
